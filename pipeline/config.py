@@ -1,0 +1,234 @@
+"""Configuration: ``conf/`` is the source, ``params.yaml`` its committed composition.
+
+DVC composes ``conf/`` into ``params.yaml`` (``hydra.enabled``) for ``dvc repro`` and
+``dvc exp run -S ...``; stages read ``params.yaml``. A stage run by hand accepts the same
+Hydra-style overrides on its command line::
+
+    python -m pipeline.stages.train train.epochs=1 model=mlp
+
+``group=option`` swaps a whole config group for ``conf/<group>/<option>.yaml``;
+``a.b=value`` sets an existing key; ``+a.b=value`` adds a new one. Values are parsed as
+YAML, as Hydra does. Every section is then validated against a dataclass schema, so a
+wrong type or an unknown key is a one-line error instead of a crash later on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from pipeline.errors import KerascopeError, choices_hint
+
+T = TypeVar("T")
+
+PARAMS_FILE = "params.yaml"
+CONF_DIR = "conf"
+
+
+def repo_root() -> Path:
+    """The directory stages run in: where ``params.yaml`` lives (DVC runs from there)."""
+    return Path(os.environ.get("KERASCOPE_ROOT", os.getcwd()))
+
+
+def config_groups(conf_dir: Path) -> dict[str, list[str]]:
+    """Map each config group in ``conf_dir`` to its option names."""
+    groups = {}
+    for sub in sorted(p for p in conf_dir.iterdir() if p.is_dir()):
+        groups[sub.name] = sorted(f.stem for f in sub.glob("*.yaml"))
+    return groups
+
+
+def compose(overrides: Sequence[str] = (), conf_dir: str | Path | None = None) -> dict:
+    """Compose ``conf/`` with Hydra, exactly as DVC does for ``params.yaml``.
+
+    Args:
+        overrides: Hydra overrides such as ``["model=mlp", "train.epochs=1"]``.
+        conf_dir: The config directory (default: ``conf/`` under the repo root).
+
+    Returns:
+        The composed configuration as plain Python containers.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    conf_dir = Path(conf_dir or repo_root() / CONF_DIR).resolve()
+    with initialize_config_dir(config_dir=str(conf_dir), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text) if text != "" else ""
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(params: dict, overrides: Sequence[str], conf_dir: Path) -> dict:
+    """Apply Hydra-style command-line overrides to a loaded ``params.yaml``.
+
+    Args:
+        params: The current composed configuration.
+        overrides: ``group=option``, ``a.b=value`` or ``+a.b=value`` strings.
+        conf_dir: Where group option files live.
+
+    Returns:
+        A new configuration dict.
+
+    Raises:
+        KerascopeError: Malformed override, unknown key, or unknown group option.
+    """
+    cfg = OmegaConf.create(params)
+    groups = config_groups(conf_dir) if conf_dir.is_dir() else {}
+    for override in overrides:
+        if "=" not in override:
+            raise KerascopeError(
+                f"override '{override}' is not of the form key=value "
+                "(for example train.epochs=2 or model=mlp)"
+            )
+        key, value = override.split("=", 1)
+        add = key.startswith("+")
+        key = key.lstrip("+")
+        if key in groups:
+            if value not in groups[key]:
+                raise KerascopeError(
+                    f"unknown option '{value}' for config group '{key}'; "
+                    f"{choices_hint(value, groups[key])}"
+                )
+            cfg[key] = OmegaConf.load(conf_dir / key / f"{value}.yaml")
+            continue
+        if not add and OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            parent, _, leaf = key.rpartition(".")
+            node = OmegaConf.select(cfg, parent) if parent else cfg
+            valid = (
+                [f"{parent}.{k}" if parent else k for k in node.keys()]
+                if isinstance(node, DictConfig)
+                else []
+            )
+            raise KerascopeError(
+                f"unknown config key '{key}' (prefix with + to add one); "
+                f"{choices_hint(key, valid + list(groups))}"
+            )
+        OmegaConf.update(cfg, key, _parse_value(value), force_add=True)
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def load_params(overrides: Sequence[str] = (), root: str | Path | None = None) -> dict:
+    """Load ``params.yaml`` (or compose ``conf/`` if it is absent) and apply overrides.
+
+    Args:
+        overrides: Hydra-style overrides from the command line.
+        root: Repository root (default: the current directory).
+
+    Returns:
+        The full configuration as plain containers.
+    """
+    root = Path(root or repo_root())
+    params_file = root / PARAMS_FILE
+    if params_file.exists():
+        with open(params_file) as handle:
+            params = yaml.safe_load(handle) or {}
+    elif (root / CONF_DIR).is_dir():
+        params = compose(conf_dir=root / CONF_DIR)
+    else:
+        raise KerascopeError(
+            f"no {PARAMS_FILE} or {CONF_DIR}/ in {root}; run stages from the kerascope "
+            "repository root"
+        )
+    return apply_overrides(params, overrides, root / CONF_DIR)
+
+
+def section(params: dict, name: str, schema: type[T]) -> T:
+    """Validate one config section against a dataclass schema.
+
+    Args:
+        params: The full configuration.
+        name: Top-level key, for example ``"train"``.
+        schema: A dataclass whose fields are the section's keys.
+
+    Returns:
+        An instance of ``schema``.
+
+    Raises:
+        KerascopeError: Missing section, unknown key or wrong type, as one line.
+    """
+    if name not in params:
+        raise KerascopeError(f"config has no '{name}' section; valid: {', '.join(params)}")
+    raw = params[name]
+    if not isinstance(raw, dict):
+        raise KerascopeError(f"config section '{name}' must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in raw:
+        if key not in fields:
+            raise KerascopeError(
+                f"unknown config key '{name}.{key}'; "
+                f"{choices_hint(key, [f'{name}.{k}' for k in fields])}"
+            )
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
+        obj = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        key = getattr(exc, "full_key", None) or ""
+        value = getattr(exc, "value", None)
+        ftype = getattr(exc, "object_type_str", None)
+        field_type = fields.get(key.split(".")[0]) if key else None
+        expected = getattr(field_type, "type", ftype) if field_type else ftype
+        raise KerascopeError(
+            f"invalid value {value!r} for '{name}.{key}'"
+            + (f"; expected {expected}" if expected else "")
+        ) from None
+    return obj
+
+
+def positive(name: str, value: int | float) -> None:
+    """Raise a one-line error unless ``value`` is > 0."""
+    if value is None or value <= 0:
+        raise KerascopeError(f"'{name}' must be a positive number, got {value!r}")
+
+
+def one_of(name: str, value: Any, valid: Sequence[Any]) -> None:
+    """Raise a one-line error unless ``value`` is one of ``valid``."""
+    if value not in valid:
+        raise KerascopeError(f"invalid {name} '{value}'; {choices_hint(str(value), valid)}")
+
+
+def to_yaml(params: dict) -> str:
+    """Dump a configuration as YAML, for provenance attributes and reports."""
+    return yaml.safe_dump(params, sort_keys=False)
+
+
+def run_stage(main: Callable[[dict], Any]) -> Callable[[], None]:
+    """Wrap a stage's ``main(params)`` into a command-line entry point.
+
+    The wrapper reads ``params.yaml`` plus command-line overrides, turns a
+    :class:`KerascopeError` into ``error: <one line>`` with exit status 2, and Ctrl-C
+    into ``interrupted`` with exit status 130. Outputs are written atomically by the
+    stages, so an interrupted stage leaves its previous outputs or none.
+    """
+
+    @functools.wraps(main)
+    def entry() -> None:
+        stage = main.__module__.rsplit(".", 1)[-1]
+        try:
+            params = load_params(sys.argv[1:])
+            main(params)
+        except KerascopeError as exc:
+            print(f"error: {stage}: {exc}", file=sys.stderr)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            # Restore the default handler so a second Ctrl-C during clean-up kills at once.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            print(f"interrupted: {stage} stopped; no partial outputs were kept", file=sys.stderr)
+            sys.exit(130)
+
+    return entry

@@ -1,0 +1,367 @@
+"""Layer lookup and multi-layer forward passes for any Keras 3 model.
+
+Keras 3 no longer lets you build ``keras.Model(model.input, inner_layer.output)`` for a
+layer inside a nested model ("Graph disconnected"), which is why keract and friends
+break on transfer-learning models. kerascope instead *interprets* the model's own graph:
+it walks the nodes of every Functional and Sequential model (recursing into nested
+ones), calls each layer exactly as the model would, in inference mode, and keeps the
+outputs of the layers the caller asked for. One pass yields every selected layer, works
+inside ``tf.function`` and under ``tf.GradientTape``, and never modifies the model.
+
+Layer paths:
+    * a top-level layer is addressed by its name (``conv2d``);
+    * a layer inside a nested model by ``outer/inner`` (``base/block1_conv1``);
+    * a layer called more than once in the same graph (a shared layer) by ``name`` for
+      its first call and ``name@1``, ``name@2``, ... for later calls.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import keras
+
+from pipeline.errors import KerascopeError, choices_hint
+
+_SOFTMAX_NAMES = {"softmax", "sigmoid"}
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One addressable call of a layer in a (possibly nested) model graph.
+
+    Attributes:
+        path: The address used in configs and HDF5 files (``base/block1_conv1``).
+        layer: The Keras layer object.
+        call_index: Which call of a shared layer this is (0 for the first).
+        position: Topological position in the flattened graph (0 = first layer run).
+        output_shape: Symbolic output shape without the batch axis, or None if unknown.
+    """
+
+    path: str
+    layer: keras.layers.Layer
+    call_index: int
+    position: int
+    output_shape: tuple | None = field(default=None)
+
+    @property
+    def class_name(self) -> str:
+        """The layer's class name, for example ``Conv2D``."""
+        return type(self.layer).__name__
+
+
+def _graph_of(model: keras.Model):
+    """Return the Functional graph that executes ``model``, or None for subclassed models."""
+    if isinstance(model, keras.Sequential):
+        functional = getattr(model, "_functional", None)
+        if functional is None:
+            raise KerascopeError(
+                f"model '{model.name}' is a Sequential model that has not been built; "
+                "give it an Input layer or call model.build(input_shape) first"
+            )
+        return functional
+    if hasattr(model, "_nodes_by_depth") and getattr(model, "_nodes_by_depth", None):
+        return model
+    return None
+
+
+def _ordered_nodes(graph) -> list:
+    """The graph's computing nodes in execution order (deepest first, as Keras runs them)."""
+    nodes = []
+    for depth in sorted(graph._nodes_by_depth.keys(), reverse=True):
+        for node in graph._nodes_by_depth[depth]:
+            if node.operation is not None and not node.is_input:
+                nodes.append(node)
+    return nodes
+
+
+def _node_names(graph) -> list[tuple[object, str, int]]:
+    """Pair each computing node with its local name (``name`` or ``name@k``)."""
+    counts: dict[int, int] = {}
+    named = []
+    for node in _ordered_nodes(graph):
+        op = node.operation
+        k = counts.get(id(op), 0)
+        counts[id(op)] = k + 1
+        named.append((node, op.name if k == 0 else f"{op.name}@{k}", k))
+    return named
+
+
+def _shape_without_batch(node) -> tuple | None:
+    outputs = node.outputs
+    if len(outputs) != 1:
+        return None
+    shape = getattr(outputs[0], "shape", None)
+    return tuple(shape[1:]) if shape is not None else None
+
+
+def list_layers(model: keras.Model) -> list[LayerInfo]:
+    """List every addressable layer call of ``model``, nested models included.
+
+    Args:
+        model: A built Sequential, Functional or subclassed Keras model. Subclassed
+            models have no inspectable graph, so only their direct sub-layers that are
+            themselves models are not expanded.
+
+    Returns:
+        Layer calls in execution order. Input layers are not listed.
+    """
+    infos: list[LayerInfo] = []
+
+    def visit(graph, prefix: str) -> None:
+        for node, local, k in _node_names(graph):
+            op = node.operation
+            path = f"{prefix}{local}"
+            infos.append(LayerInfo(path, op, k, len(infos), _shape_without_batch(node)))
+            if isinstance(op, keras.Model):
+                inner = _graph_of(op)
+                if inner is not None:
+                    visit(inner, f"{path}/")
+
+    graph = _graph_of(model)
+    if graph is None:
+        raise KerascopeError(
+            f"model '{model.name}' is a subclassed model with no layer graph; wrap its "
+            "layers in a Functional or Sequential model to inspect them"
+        )
+    visit(graph, "")
+    return infos
+
+
+def layer_paths(model: keras.Model) -> list[str]:
+    """All layer paths of ``model`` in execution order (see the module docstring)."""
+    return [info.path for info in list_layers(model)]
+
+
+def resolve_layers(model: keras.Model, selection: str | Sequence[str]) -> list[str]:
+    """Turn a user's layer selection into concrete layer paths.
+
+    Args:
+        model: The model to search.
+        selection: ``"all"``; or one or more entries, each an exact path
+            (``base/block1_conv1``), a glob over paths (``conv*``, ``base/*``), or a
+            layer class name (``Conv2D``, ``Dense``).
+
+    Returns:
+        Matching paths in execution order, without duplicates.
+
+    Raises:
+        KerascopeError: An entry matches nothing; the message lists close matches.
+    """
+    infos = list_layers(model)
+    if isinstance(selection, str):
+        selection = [selection]
+    selection = list(selection)
+    if not selection:
+        raise KerascopeError("layer selection is empty; use 'all', names, globs or class names")
+    chosen: set[str] = set()
+    for entry in selection:
+        entry = str(entry)
+        if entry == "all":
+            matched = {i.path for i in infos}
+        else:
+            matched = {
+                i.path
+                for i in infos
+                if i.path == entry or fnmatch.fnmatchcase(i.path, entry) or i.class_name == entry
+            }
+        if not matched:
+            valid = [i.path for i in infos] + sorted({i.class_name for i in infos})
+            raise KerascopeError(f"no layer matches '{entry}'; {choices_hint(entry, valid)}")
+        chosen |= matched
+    return [i.path for i in infos if i.path in chosen]
+
+
+def layer_info(model: keras.Model, path: str) -> LayerInfo:
+    """Look up one layer call by exact path.
+
+    Raises:
+        KerascopeError: ``path`` is not a layer path of ``model``.
+    """
+    infos = list_layers(model)
+    for info in infos:
+        if info.path == path:
+            return info
+    raise KerascopeError(f"no layer named '{path}'; {choices_hint(path, [i.path for i in infos])}")
+
+
+def is_spatial(info: LayerInfo) -> bool:
+    """Whether a layer's output has spatial or temporal axes (rank >= 2 without batch)."""
+    return info.output_shape is not None and len(info.output_shape) >= 2
+
+
+def last_spatial_layer(model: keras.Model) -> str:
+    """The path of the last layer whose output keeps spatial (or time) axes.
+
+    This is the default Grad-CAM layer (Selvaraju et al. 2017 use the last conv layer).
+
+    Raises:
+        KerascopeError: The model has no layer with a spatial or temporal output.
+    """
+    spatial = [
+        i for i in list_layers(model) if is_spatial(i) and not isinstance(i.layer, keras.Model)
+    ]
+    # Prefer layers that come before the output's flattening; Reshape-like layers that
+    # only reshape the input are still valid spatial layers.
+    if not spatial:
+        raise KerascopeError(
+            f"model '{model.name}' has no layer with a spatial or time axis; Grad-CAM "
+            "needs a convolutional or recurrent layer with return_sequences=True"
+        )
+    return spatial[-1].path
+
+
+def _has_output_activation(op) -> str | None:
+    act = getattr(op, "activation", None)
+    name = getattr(act, "__name__", None)
+    return name if name in _SOFTMAX_NAMES else None
+
+
+def _linear_copy(layer: keras.layers.Layer, input_shape) -> keras.layers.Layer:
+    """Build a copy of ``layer`` with a linear activation and the same weights.
+
+    The user's layer is never modified: the copy is a new object holding a snapshot of
+    the weights taken when the forward function is built.
+    """
+    config = dict(layer.get_config())
+    config["activation"] = "linear"
+    config["name"] = f"{layer.name}_logits"
+    clone = type(layer).from_config(config)
+    clone.build(input_shape)
+    clone.set_weights(layer.get_weights())
+    return clone
+
+
+class LayerForward:
+    """A forward pass that also returns chosen intermediate outputs, in one pass.
+
+    Build it once and call it many times (it is cheap to wrap in ``tf.function``)::
+
+        forward = LayerForward(model, ["conv2d", "base/block1_conv1"], logits=True)
+        outputs, taps = forward(x)          # taps["conv2d"] has shape (N, ...)
+
+    Args:
+        model: A built Sequential or Functional model (nested models are fine).
+        paths: Layer paths to capture (see :func:`resolve_layers`).
+        logits: Bypass a final softmax/sigmoid so outputs are pre-activation scores
+            (Simonyan et al. 2013 and Selvaraju et al. 2017 explain scores before
+            softmax). The model itself is left untouched.
+        tap_fn: Optional hook applied to each captured tensor before it continues
+            through the graph; it must return a tensor of the same shape. Attribution
+            methods use it to perturb or watch an intermediate activation.
+    """
+
+    def __init__(
+        self,
+        model: keras.Model,
+        paths: Sequence[str] = (),
+        *,
+        logits: bool = False,
+        tap_fn: Callable | None = None,
+    ) -> None:
+        self.model = model
+        self.paths = list(paths)
+        valid = {i.path for i in list_layers(model)}
+        for path in self.paths:
+            if path not in valid:
+                raise KerascopeError(
+                    f"no layer named '{path}'; {choices_hint(path, sorted(valid))}"
+                )
+        self.logits = logits
+        self.tap_fn = tap_fn
+        self._wanted = set(self.paths)
+        self._replacements: dict[int, keras.layers.Layer] = {}
+        if logits:
+            self._prepare_logits(model)
+
+    def _prepare_logits(self, model: keras.Model) -> None:
+        """Find the operations that produce the model outputs and plan their linear copies."""
+        graph = _graph_of(model)
+        if graph is None:
+            return
+        output_ids = {id(t) for t in graph.outputs}
+        for node in _ordered_nodes(graph):
+            if not any(id(t) in output_ids for t in node.outputs):
+                continue
+            op = node.operation
+            if isinstance(op, keras.Model):
+                self._prepare_logits(op)
+            elif type(op).__name__ in ("Softmax",) or (
+                type(op).__name__ == "Activation" and _has_output_activation(op)
+            ):
+                self._replacements[id(op)] = None  # skip: identity
+            elif _has_output_activation(op):
+                shape = node.input_tensors[0].shape
+                self._replacements[id(op)] = _linear_copy(op, shape)
+
+    def __call__(self, inputs):
+        """Run the model on ``inputs``.
+
+        Args:
+            inputs: A tensor (or a list/dict of tensors for multi-input models).
+
+        Returns:
+            ``(outputs, taps)``: the model's outputs (structure as the model's) and a
+            dict from layer path to the captured tensor.
+        """
+        taps: dict[str, object] = {}
+        outputs = self._run(self.model, inputs, "", taps)
+        return outputs, taps
+
+    def _call_op(self, op, args, kwargs):
+        if id(op) in self._replacements:
+            replacement = self._replacements[id(op)]
+            if replacement is None:
+                return args[0]
+            op = replacement
+        if getattr(op, "_call_has_training_arg", False):
+            kwargs = dict(kwargs)
+            kwargs["training"] = False
+        return op(*args, **kwargs)
+
+    def _run(self, model, inputs, prefix: str, taps: dict):
+        from keras.src import tree
+
+        graph = _graph_of(model)
+        flat_inputs = tree.flatten(inputs)
+        tensors = {id(x): y for x, y in zip(graph.inputs, flat_inputs, strict=True)}
+        for node, local, _ in _node_names(graph):
+            if any(id(x) not in tensors for x in node.input_tensors):
+                continue
+            args, kwargs = node.arguments.fill_in(tensors)
+            op = node.operation
+            path = f"{prefix}{local}"
+            inner = _graph_of(op) if isinstance(op, keras.Model) else None
+            if inner is not None and (
+                any(p.startswith(path + "/") for p in self._wanted) or self.logits
+            ):
+                nested_inputs = args[0] if len(args) == 1 else list(args)
+                outputs = self._run(op, nested_inputs, path + "/", taps)
+            else:
+                outputs = self._call_op(op, args, kwargs)
+            if path in self._wanted:
+                if self.tap_fn is not None:
+                    outputs = self.tap_fn(path, outputs)
+                taps[path] = outputs
+            for x, y in zip(node.outputs, tree.flatten(outputs), strict=True):
+                tensors[id(x)] = y
+        results = [tensors[id(x)] for x in graph.outputs]
+        return tree.pack_sequence_as(graph._outputs_struct, results)
+
+
+def model_outputs_are_probabilities(model: keras.Model) -> bool:
+    """Whether the model ends in a softmax or sigmoid (so logits differ from outputs)."""
+    graph = _graph_of(model)
+    if graph is None:
+        return False
+    output_ids = {id(t) for t in graph.outputs}
+    for node in _ordered_nodes(graph):
+        if any(id(t) in output_ids for t in node.outputs):
+            op = node.operation
+            if isinstance(op, keras.Model):
+                return model_outputs_are_probabilities(op)
+            if type(op).__name__ == "Softmax" or _has_output_activation(op):
+                return True
+    return False
