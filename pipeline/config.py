@@ -111,7 +111,7 @@ def apply_overrides(params: dict, overrides: Sequence[str], conf_dir: Path) -> d
             parent, _, leaf = key.rpartition(".")
             node = OmegaConf.select(cfg, parent) if parent else cfg
             valid = (
-                [f"{parent}.{k}" if parent else k for k in node.keys()]
+                [f"{parent}.{k}" if parent else k for k in node]
                 if isinstance(node, DictConfig)
                 else []
             )
@@ -207,6 +207,30 @@ def to_yaml(params: dict) -> str:
     return yaml.safe_dump(params, sort_keys=False)
 
 
+def quiet_tensorflow_import() -> None:
+    """Import TensorFlow with its C++ start-up log lines silenced.
+
+    TensorFlow 2.21 prints absl log lines (oneDNN, CUDA probing) before its logging is
+    initialised, so ``TF_CPP_MIN_LOG_LEVEL`` cannot hide them; they would bury the
+    one-line errors kerascope promises. Set ``KERASCOPE_TF_LOGS=1`` to see them.
+    """
+    if os.environ.get("KERASCOPE_TF_LOGS") or "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import keras  # noqa: F401
+        import tensorflow as tf
+
+        tf.config.list_logical_devices()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def run_stage(main: Callable[[dict], Any]) -> Callable[[], None]:
     """Wrap a stage's ``main(params)`` into a command-line entry point.
 
@@ -218,8 +242,10 @@ def run_stage(main: Callable[[dict], Any]) -> Callable[[], None]:
 
     @functools.wraps(main)
     def entry() -> None:
-        stage = main.__module__.rsplit(".", 1)[-1]
+        spec = main.__globals__.get("__spec__")
+        stage = (spec.name if spec else main.__module__).rsplit(".", 1)[-1]
         try:
+            quiet_tensorflow_import()
             params = load_params(sys.argv[1:])
             main(params)
         except KerascopeError as exc:
@@ -232,3 +258,15 @@ def run_stage(main: Callable[[dict], Any]) -> Callable[[], None]:
             sys.exit(130)
 
     return entry
+
+
+def write_params(root: str | Path | None = None) -> Path:
+    """Recompose ``conf/`` into ``params.yaml`` (what DVC does before ``dvc exp run``)."""
+    root = Path(root or repo_root())
+    target = root / PARAMS_FILE
+    target.write_text(yaml.safe_dump(compose(conf_dir=root / CONF_DIR), sort_keys=False))
+    return target
+
+
+if __name__ == "__main__":
+    print(f"wrote {write_params()}")

@@ -1,0 +1,65 @@
+"""End to end: `dvc repro` of a shrunken config in a temporary git + DVC repository."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+from conftest import python_cmd, run
+
+
+@pytest.mark.slow
+def test_dvc_repro_then_noop_then_experiment(shrunk_repo):
+    repo = shrunk_repo
+    first = run(["dvc", "repro"], repo)
+    assert "Running stage 'train'" in first.stdout
+    model = repo / "outputs" / "model.keras"
+    assert model.exists()
+    metrics = json.loads((repo / "outputs" / "live" / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    # The prepared data follow the documented layout and the shrunken config.
+    with h5py.File(repo / "data" / "dataset.h5") as f:
+        assert f.attrs["kerascope_format"] == "dataset/1"
+        assert len(f["probe/y"]) == 10 and np.bincount(f["probe/y"][()]).tolist() == [1] * 10
+        n = sum(len(f[s]["y"]) for s in ("train", "val", "test"))
+        assert n == 600
+    # Outputs are DVC-tracked, not git-tracked.
+    tracked = run(["git", "ls-files"], repo).stdout.split()
+    assert "outputs/model.keras" not in tracked and "data/dataset.h5" not in tracked
+
+    second = run(["dvc", "repro"], repo)
+    assert "Running stage" not in second.stdout, second.stdout
+
+    # A later stage's setting does not invalidate training.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["render"] = {**(params.get("render") or {}), "_probe_": 1}
+    status_params = dict(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(status_params, sort_keys=False))
+    status = run(["dvc", "status", "--json"], repo).stdout
+    changed = json.loads(status) if status.strip() else {}
+    assert "train" not in changed and "data" not in changed
+    run(["git", "checkout", "params.yaml"], repo)
+
+    # An experiment with Hydra overrides is listed by `dvc exp show`.
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    run(["dvc", "exp", "run", "-n", "two-epochs", "-S", "train.epochs=2"], repo)
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
+    names = json.dumps(shown)
+    assert "two-epochs" in names
+
+
+@pytest.mark.slow
+def test_stage_run_alone_with_overrides_writes_the_same_outputs(shrunk_repo):
+    repo = shrunk_repo
+    run(python_cmd("-m", "pipeline.stages.data"), repo)
+    before = (repo / "data" / "dataset.h5").stat().st_mtime_ns
+    proc = run(python_cmd("-m", "pipeline.stages.train", "train.epochs=1", "model=mlp"), repo)
+    assert "mlp" in proc.stdout
+    assert (repo / "outputs" / "model.keras").exists()
+    assert (repo / "data" / "dataset.h5").stat().st_mtime_ns == before
+    with h5py.File(repo / "outputs" / "evaluation.h5") as f:
+        assert len(f["history/loss"]) == 1
