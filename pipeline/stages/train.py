@@ -16,7 +16,7 @@ from pipeline.artifacts import provenance_attrs, read_dataset_info, read_split, 
 from pipeline.config import one_of, positive, run_stage, section, to_yaml
 from pipeline.distribute import STRATEGIES, make_strategy, per_replica_batch
 from pipeline.errors import KerascopeError
-from pipeline.io import atomic_path, remove_stale
+from pipeline.io import atomic_path, file_hash, remove_stale
 from pipeline.models import MODEL_NAMES, build_model, check_input_shape, load_model_file
 
 
@@ -136,7 +136,16 @@ def _main(params: dict) -> None:
 
     with atomic_path(paths["evaluation"]) as tmp, h5py.File(tmp, "w") as f:
         write_attrs(f, provenance_attrs("evaluation", to_yaml(params)))
-        write_attrs(f, {"class_names": info.class_names, "data_hash": info.data_hash})
+        write_attrs(
+            f,
+            {
+                "class_names": info.class_names,
+                "data_hash": info.data_hash,
+                # For a user's model: the hash of the file it came from.
+                "source_model_hash": file_hash(model_cfg.path) if model_cfg.path else "",
+                "trained": model_cfg.name != "pretrained",
+            },
+        )
         f.create_dataset("test/labels", data=test.y)
         f.create_dataset("test/probabilities", data=np.asarray(probabilities, np.float32))
         for key, values in history.items():
