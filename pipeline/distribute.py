@@ -42,3 +42,50 @@ def per_replica_batch(global_batch: int, strategy: tf.distribute.Strategy) -> in
             f"use a multiple of {replicas}"
         )
     return global_batch // replicas
+
+
+def split_for_replicas(batch, replicas: int) -> list:
+    """Split a global batch into ``replicas`` nearly equal chunks along axis 0.
+
+    Chunks differ in size by at most one example, so a last, short batch still uses
+    every replica; an empty chunk is allowed when the batch is smaller than the count.
+    """
+    import numpy as np
+
+    return np.array_split(np.asarray(batch), replicas)
+
+
+def run_distributed(fn, batch, strategy: tf.distribute.Strategy | None = None):
+    """Run ``fn`` on one global batch, split across the strategy's replicas.
+
+    With one replica (the default strategy on a CPU or a single GPU) this is simply
+    ``fn(batch)``. With several, each replica gets its chunk of the batch through
+    ``strategy.run`` and the per-replica results are concatenated back in order, so
+    callers see exactly what a single device would return.
+
+    Args:
+        fn: A function of a batch tensor returning a tensor or a dict/tuple of tensors
+            whose first axis is the batch axis (typically a ``tf.function``).
+        batch: The global batch (numpy array).
+        strategy: The strategy; default: the current one.
+
+    Returns:
+        ``fn``'s results for the whole batch, as numpy arrays in the same structure.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if replicas == 1:
+        return tf.nest.map_structure(lambda t: t.numpy(), fn(tf.convert_to_tensor(batch)))
+    chunks = split_for_replicas(batch, replicas)
+    values = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tf.convert_to_tensor(chunks[ctx.replica_id_in_sync_group])
+    )
+    results = strategy.run(fn, args=(values,))
+
+    def gather(per_replica):
+        import numpy as np
+
+        parts = strategy.experimental_local_results(per_replica)
+        return np.concatenate([p.numpy() for p in parts], axis=0)
+
+    return tf.nest.map_structure(gather, results)

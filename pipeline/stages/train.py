@@ -110,31 +110,44 @@ def _main(params: dict) -> None:
             metrics=["accuracy"],
         )
 
-    # A failed run must not leave the previous run's curves beside new outputs.
-    remove_stale(paths["live"])
-    live = Live(dir=paths["live"], save_dvc_exp=False, dvcyaml=False, report=None)
-    history: dict[str, list[float]] = {}
-    if model_cfg.name != "pretrained":
-        fit = model.fit(
-            train.x,
-            train.y,
-            validation_data=(val.x, val.y) if len(val.y) else None,
-            epochs=train_cfg.epochs,
-            batch_size=train_cfg.batch_size,
-            shuffle=True,
-            callbacks=[_live_callback(live)],
-            verbose=2,
+    # A failed run must leave no output at all rather than a mix of old and new ones.
+    for key in ("model", "evaluation", "live"):
+        remove_stale(paths[key])
+    # dvclive writes metrics.json at every epoch; it writes into a temporary directory
+    # that is renamed into place only when the whole stage has succeeded.
+    with atomic_path(paths["live"], directory=True) as live_dir:
+        live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, report=None)
+        history: dict[str, list[float]] = {}
+        if model_cfg.name != "pretrained":
+            fit = model.fit(
+                train.x,
+                train.y,
+                validation_data=(val.x, val.y) if len(val.y) else None,
+                epochs=train_cfg.epochs,
+                batch_size=train_cfg.batch_size,
+                shuffle=True,
+                callbacks=[_live_callback(live)],
+                verbose=2,
+            )
+            history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+        probabilities = model.predict(test.x, batch_size=max(train_cfg.batch_size, 256), verbose=0)
+        test_loss = float(
+            keras.losses.sparse_categorical_crossentropy(test.y, probabilities).numpy().mean()
         )
-        history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-    probabilities = model.predict(test.x, batch_size=max(train_cfg.batch_size, 256), verbose=0)
-    test_loss = float(
-        keras.losses.sparse_categorical_crossentropy(test.y, probabilities).numpy().mean()
-    )
-    test_accuracy = float(np.mean(np.argmax(probabilities, axis=-1) == test.y))
-    live.summary["test"] = {"accuracy": test_accuracy, "loss": test_loss}
-    live.summary["params"] = int(model.count_params())
+        test_accuracy = float(np.mean(np.argmax(probabilities, axis=-1) == test.y))
+        live.summary["test"] = {"accuracy": test_accuracy, "loss": test_loss}
+        live.summary["params"] = int(model.count_params())
+        _write_evaluation(
+            paths["evaluation"], params, info, model_cfg, test.y, probabilities, history
+        )
+        with atomic_path(paths["model"]) as tmp:
+            model.save(tmp)
+        live.end()
+    print(f"train: {model.name} test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}")
 
-    with atomic_path(paths["evaluation"]) as tmp, h5py.File(tmp, "w") as f:
+
+def _write_evaluation(path, params, info, model_cfg, labels, probabilities, history) -> None:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         write_attrs(f, provenance_attrs("evaluation", to_yaml(params)))
         write_attrs(
             f,
@@ -146,14 +159,10 @@ def _main(params: dict) -> None:
                 "trained": model_cfg.name != "pretrained",
             },
         )
-        f.create_dataset("test/labels", data=test.y)
+        f.create_dataset("test/labels", data=labels)
         f.create_dataset("test/probabilities", data=np.asarray(probabilities, np.float32))
         for key, values in history.items():
             f.create_dataset(f"history/{key}", data=np.asarray(values, np.float64))
-    with atomic_path(paths["model"]) as tmp:
-        model.save(tmp)
-    live.end()
-    print(f"train: {model.name} test accuracy {test_accuracy:.4f}, loss {test_loss:.4f}")
 
 
 main = run_stage(_main)
