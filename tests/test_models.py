@@ -87,16 +87,17 @@ def test_bad_model_files_are_one_line(tmp_path):
         load_model_file(tmp_path / "x.pkl")
 
 
-def test_lambda_layer_is_refused_by_default(tmp_path):
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_lambda_layer_is_refused_by_default(tmp_path, suffix):
     marker = tmp_path / "pwned"
     inputs = keras.Input((2,))
     # The lambda would create a file if its bytecode ran at load time.
     payload = eval(f"lambda t: t + 0 * len(open({str(marker)!r}, 'w').name)")  # noqa: S307
     outputs = keras.layers.Lambda(payload)(inputs)
-    keras.Model(inputs, outputs).save(tmp_path / "lambda.keras")
+    keras.Model(inputs, outputs).save(tmp_path / f"lambda{suffix}")
     marker.unlink(missing_ok=True)
     with pytest.raises(KerascopeError, match="safe_mode=false"):
-        load_model_file(tmp_path / "lambda.keras")
+        load_model_file(tmp_path / f"lambda{suffix}")
     assert not marker.exists()
-    model = load_model_file(tmp_path / "lambda.keras", safe_mode=False)
+    model = load_model_file(tmp_path / f"lambda{suffix}", safe_mode=False)
     assert model is not None
