@@ -8,13 +8,14 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from conftest import python_cmd, run
+from conftest import offline, python_cmd, run
 
 
 @pytest.mark.slow
 def test_dvc_repro_then_noop_then_experiment(shrunk_repo):
     repo = shrunk_repo
-    first = run(["dvc", "repro"], repo)
+    # No network at all: the default path must never download.
+    first = run(offline(["dvc", "repro"]), repo)
     assert "Running stage 'train'" in first.stdout
     model = repo / "outputs" / "model.keras"
     assert model.exists()
