@@ -157,3 +157,76 @@ def read_split(path: str | Path, split: str) -> Split:
         group = f[split]
         index = group["index"][()] if "index" in group else None
         return Split(x=group["x"][()], y=group["y"][()], index=index)
+
+
+@dataclass
+class InputSelection:
+    """The inputs a tensor stage explains: arrays plus where they came from."""
+
+    x: np.ndarray
+    y: np.ndarray
+    index: np.ndarray
+    source: str
+
+
+def select_inputs(
+    dataset_path: str | Path,
+    source: str = "probe",
+    count: int | None = None,
+    indices: list[int] | None = None,
+    npz_path: str | None = None,
+    npz_key: str = "x",
+) -> InputSelection:
+    """Choose the inputs of a tensor stage.
+
+    Args:
+        dataset_path: ``data/dataset.h5``.
+        source: ``probe`` (default), ``train``, ``val``, ``test``, or ``npz``.
+        count: Keep only the first ``count`` inputs of the source.
+        indices: Explicit indices into the source (applied before ``count``).
+        npz_path: The ``.npz`` file when ``source`` is ``npz``.
+        npz_key: The array inside it.
+
+    Returns:
+        The selection; ``y`` is -1 where labels are unknown, ``index`` points into the
+        source (into ``test`` for the probe set).
+
+    Raises:
+        KerascopeError: Unknown source, out-of-range indices, empty or non-finite data.
+    """
+    valid = (*SPLITS, "npz")
+    if source not in valid:
+        raise KerascopeError(f"unknown input source '{source}'; valid: {', '.join(valid)}")
+    if source == "npz":
+        if not npz_path or not Path(npz_path).exists():
+            raise KerascopeError(f"input file '{npz_path}' does not exist; set npz_path")
+        with np.load(npz_path, allow_pickle=False) as archive:
+            if npz_key not in archive:
+                raise KerascopeError(
+                    f"'{npz_path}' has no array '{npz_key}'; valid: {', '.join(archive.keys())}"
+                )
+            x = archive[npz_key].astype(np.float32)
+        y = np.full(len(x), -1, dtype=np.int64)
+        index = np.arange(len(x))
+    else:
+        split = read_split(dataset_path, source)
+        x, y = split.x, split.y
+        index = split.index if split.index is not None else np.arange(len(x))
+    if indices is not None:
+        chosen = np.asarray(indices, dtype=np.int64)
+        bad = chosen[(chosen < 0) | (chosen >= len(x))]
+        if len(bad):
+            raise KerascopeError(
+                f"input index {int(bad[0])} is out of range for '{source}' "
+                f"(valid: 0..{len(x) - 1})"
+            )
+        x, y, index = x[chosen], y[chosen], index[chosen]
+    if count is not None:
+        if count <= 0:
+            raise KerascopeError(f"input count must be positive, got {count}")
+        x, y, index = x[:count], y[:count], index[:count]
+    if len(x) == 0:
+        raise KerascopeError(f"no inputs selected from '{source}'")
+    if not np.isfinite(x).all():
+        raise KerascopeError(f"inputs from '{source}' contain NaN or Inf values")
+    return InputSelection(x=x, y=y, index=index, source=source)
