@@ -20,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.graph import LayerForward, layer_info, resolve_layers
+from pipeline.graph import LayerForward, compiled, layer_info, resolve_layers
 
 #: Activation functions whose outputs are bounded, and their saturation zones.
 BOUNDED = {"tanh": "tanh", "sigmoid": "sigmoid", "softmax": "sigmoid", "hard_sigmoid": "sigmoid"}
@@ -63,27 +63,20 @@ def activation_kind(model: keras.Model, path: str) -> str:
     return getattr(act, "__name__", "linear") if act is not None else "linear"
 
 
-class _CompiledForward:
-    """LayerForward wrapped in one ``tf.function`` (cached per model and layer set)."""
+def _compiled_forward(model: keras.Model, paths: Sequence[str]):
+    """LayerForward of ``paths`` wrapped in one ``tf.function``, cached per model."""
 
-    _cache: dict[tuple[int, tuple[str, ...]], _CompiledForward] = {}
-
-    def __init__(self, model: keras.Model, paths: Sequence[str]) -> None:
-        self.forward = LayerForward(model, paths)
+    def build():
+        forward = LayerForward(model, paths)
 
         @tf.function(reduce_retracing=True)
         def run(x):
-            outputs, taps = self.forward(x)
+            outputs, taps = forward(x)
             return tf.nest.flatten(outputs), taps
 
-        self.run = run
+        return run
 
-    @classmethod
-    def get(cls, model: keras.Model, paths: Sequence[str]) -> _CompiledForward:
-        key = (id(model), tuple(paths))
-        if key not in cls._cache:
-            cls._cache[key] = cls(model, paths)
-        return cls._cache[key]
+    return compiled(model, ("activations", tuple(paths)), build)
 
 
 def iter_activations(
@@ -106,12 +99,12 @@ def iter_activations(
         the identity, BatchNormalization uses its moving statistics).
     """
     paths = resolve_layers(model, layers)
-    compiled = _CompiledForward.get(model, paths)
+    run = _compiled_forward(model, paths)
     inputs = list(x) if isinstance(x, list | tuple) else [x]
     n = len(inputs[0])
     for start in range(0, n, batch_size):
         chunk = [tf.convert_to_tensor(a[start : start + batch_size]) for a in inputs]
-        outputs, taps = compiled.run(chunk if len(chunk) > 1 else chunk[0])
+        outputs, taps = run(chunk if len(chunk) > 1 else chunk[0])
         yield Batch(
             start=start,
             outputs=[o.numpy() for o in outputs],

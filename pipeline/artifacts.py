@@ -217,8 +217,7 @@ def select_inputs(
         bad = chosen[(chosen < 0) | (chosen >= len(x))]
         if len(bad):
             raise KerascopeError(
-                f"input index {int(bad[0])} is out of range for '{source}' "
-                f"(valid: 0..{len(x) - 1})"
+                f"input index {int(bad[0])} is out of range for '{source}' (valid: 0..{len(x) - 1})"
             )
         x, y, index = x[chosen], y[chosen], index[chosen]
     if count is not None:

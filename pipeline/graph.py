@@ -18,6 +18,7 @@ Layer paths:
 from __future__ import annotations
 
 import fnmatch
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,22 @@ import keras
 from pipeline.errors import KerascopeError, choices_hint
 
 _SOFTMAX_NAMES = {"softmax", "sigmoid"}
+
+# Compiled functions per model. Weak keys: a model (say a randomised clone) that is
+# garbage collected must never hand its functions to a later model reusing its id.
+_COMPILED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compiled(model: keras.Model, key: tuple, build: Callable[[], Callable]) -> Callable:
+    """Return the compiled function cached for ``(model, key)``, building it once.
+
+    Tracing a ``tf.function`` costs far more than running it on a batch, so every
+    tensor module caches its compiled steps per model and per option set.
+    """
+    per_model = _COMPILED.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = build()
+    return per_model[key]
 
 
 @dataclass(frozen=True)
@@ -220,17 +237,26 @@ def _has_output_activation(op) -> str | None:
 
 
 def _linear_copy(layer: keras.layers.Layer, input_shape) -> keras.layers.Layer:
-    """Build a copy of ``layer`` with a linear activation and the same weights.
+    """Build a copy of ``layer`` with a linear activation that shares its variables.
 
-    The user's layer is never modified: the copy is a new object holding a snapshot of
-    the weights taken when the forward function is built.
+    The user's layer is never modified. The copy reads the *same* variables, so later
+    changes to the weights (training, the randomisation sanity check on a clone) are
+    seen by the logits as well. Layers whose variables cannot be shared get a snapshot.
     """
     config = dict(layer.get_config())
     config["activation"] = "linear"
     config["name"] = f"{layer.name}_logits"
     clone = type(layer).from_config(config)
     clone.build(input_shape)
-    clone.set_weights(layer.get_weights())
+    originals = {id(c): o for c, o in zip(clone.weights, layer.weights, strict=True)}
+    shared = 0
+    for attr, value in list(vars(clone).items()):
+        if id(value) in originals:
+            # object.__setattr__ bypasses Keras' tracking: the copy must not own them.
+            object.__setattr__(clone, attr, originals[id(value)])
+            shared += 1
+    if shared != len(originals):
+        clone.set_weights(layer.get_weights())
     return clone
 
 

@@ -122,3 +122,15 @@ def test_gradients_flow_to_intermediate_taps():
         score = tf.reduce_sum(logits[:, 0])
     grad = tape.gradient(score, taps["gap"]).numpy()
     np.testing.assert_allclose(grad, np.tile(model.get_layer("head").kernel.numpy()[:, 0], (2, 1)))
+
+
+def test_logits_follow_later_weight_changes():
+    model = _nested()
+    forward = LayerForward(model, [], logits=True)
+    x = np.random.default_rng(3).random((2, 8, 8, 3)).astype("float32")
+    before, _ = forward(x)
+    head = model.get_layer("head")
+    head.kernel.assign(head.kernel.numpy() * -2.0)
+    after, _ = forward(x)
+    np.testing.assert_allclose(tf.nn.softmax(after), model(x), atol=1e-6)
+    assert not np.allclose(before, after)

@@ -1,0 +1,227 @@
+"""How faithful is an attribution map? Deletion/insertion and model randomisation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.attribution.scores import check_targets, compiled, forward, target_score
+from pipeline.errors import KerascopeError
+from pipeline.graph import list_layers
+
+SUBSTRATES = ("zeros", "blur", "mean")
+
+
+@dataclass
+class DeletionInsertion:
+    """Deletion and insertion curves of a set of maps.
+
+    Attributes:
+        fractions: Share of features removed/inserted at each step, 0..1.
+        deletion: (N, steps + 1) target-class softmax probability as the top-ranked
+            features are replaced by the substrate.
+        insertion: (N, steps + 1) the same as they are put back into the substrate.
+        deletion_auc: Per input, area under the deletion curve (lower is better).
+        insertion_auc: Per input, area under the insertion curve (higher is better).
+    """
+
+    fractions: np.ndarray
+    deletion: np.ndarray
+    insertion: np.ndarray
+    deletion_auc: np.ndarray
+    insertion_auc: np.ndarray
+
+
+def substrate(x: np.ndarray, kind: str = "blur", sigma: float = 5.0) -> np.ndarray:
+    """What removed features are replaced with: zeros, a blurred copy, or the mean."""
+    if kind == "zeros":
+        return np.zeros_like(x)
+    if kind == "mean":
+        axes = tuple(range(1, x.ndim))
+        return np.broadcast_to(x.mean(axis=axes, keepdims=True), x.shape).astype(x.dtype)
+    if kind == "blur":
+        from scipy.ndimage import gaussian_filter
+
+        spatial = (0, sigma, sigma, 0) if x.ndim == 4 else (0, sigma, 0)
+        return gaussian_filter(x, sigma=spatial, mode="nearest").astype(x.dtype)
+    raise KerascopeError(f"invalid substrate '{kind}'; valid: {', '.join(SUBSTRATES)}")
+
+
+def _probability_fn(model):
+    def build():
+        fwd = forward(model, "logits")
+        return tf.function(
+            lambda b, t: target_score(tf.nn.softmax(fwd(b)[0]), t), reduce_retracing=True
+        )
+
+    return compiled(model, ("target_probability",), build)
+
+
+def _feature_mask_shape(x: np.ndarray) -> tuple:
+    """Features ranked together: pixels (all channels of one position) for images."""
+    return x.shape[1:3] if x.ndim == 4 else x.shape[1:]
+
+
+def deletion_insertion(
+    model: keras.Model,
+    x: np.ndarray,
+    targets,
+    maps: np.ndarray,
+    *,
+    steps: int = 20,
+    substrate_kind: str = "blur",
+    batch_size: int = 256,
+) -> DeletionInsertion:
+    """Deletion and insertion metrics (Petsiuk, Das & Saenko 2018, RISE).
+
+    From "RISE: Randomized Input Sampling for Explanation of Black-box Models".
+
+    Features (pixels, across channels) are ranked by attribution. Deletion replaces the
+    top-ranked ones by the substrate step by step and follows the target class's softmax
+    probability; insertion starts from the substrate and puts them back. The AUC is the
+    mean of the curve over the fraction axis (trapezoidal), so it lies in [0, 1].
+
+    Args:
+        model: A classifier.
+        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        targets: One class per input.
+        maps: Attributions (N, H, W) for images or (N, T, F) for sequences; sequence maps
+            of shape (N, T) rank whole time steps.
+        steps: Number of deletion/insertion steps.
+        substrate_kind: ``zeros``, ``blur`` or ``mean``.
+        batch_size: Perturbed inputs per forward pass.
+
+    Returns:
+        :class:`DeletionInsertion`.
+    """
+    targets = check_targets(model, targets, len(x))
+    if steps <= 0:
+        raise KerascopeError(f"faithfulness steps must be positive, got {steps}")
+    maps = np.asarray(maps, dtype=np.float32)
+    feature_shape = maps.shape[1:]
+    if x.ndim == 3 and maps.ndim == 2:
+        feature_shape = maps.shape[1:]
+    n_features = int(np.prod(feature_shape))
+    base = substrate(x, substrate_kind)
+    fractions = np.linspace(0.0, 1.0, steps + 1)
+    counts = np.round(fractions * n_features).astype(int)
+    # rank[i, j] = position of feature j in input i's descending order.
+    order = np.argsort(-maps.reshape(len(x), -1), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(n_features)[None].repeat(len(x), 0), axis=1)
+    prob = _probability_fn(model)
+    curves = {"deletion": np.zeros((len(x), steps + 1)), "insertion": np.zeros((len(x), steps + 1))}
+    per_step = max(1, batch_size // (steps + 1))
+    for a in range(0, len(x), per_step):
+        b = min(a + per_step, len(x))
+        top = rank[a:b][:, None, :] < counts[None, :, None]  # (n, steps+1, features)
+        top = top.reshape(b - a, steps + 1, *feature_shape)
+        if x.ndim == 4 or (x.ndim == 3 and maps.ndim == 2):
+            top = top[..., None]
+        xs, bs = x[a:b][:, None], base[a:b][:, None]
+        for name, perturbed in (
+            ("deletion", np.where(top, bs, xs)),
+            ("insertion", np.where(top, xs, bs)),
+        ):
+            flat = perturbed.reshape(-1, *x.shape[1:]).astype(np.float32)
+            t = np.repeat(targets[a:b], steps + 1)
+            values = np.concatenate(
+                [
+                    prob(
+                        tf.convert_to_tensor(flat[i : i + batch_size]),
+                        tf.constant(t[i : i + batch_size]),
+                    ).numpy()
+                    for i in range(0, len(flat), batch_size)
+                ]
+            )
+            curves[name][a:b] = values.reshape(b - a, steps + 1)
+    auc = {k: np.trapezoid(v, fractions, axis=1) for k, v in curves.items()}
+    return DeletionInsertion(
+        fractions, curves["deletion"], curves["insertion"], auc["deletion"], auc["insertion"]
+    )
+
+
+def random_maps(shape: tuple, seed: int = 0) -> np.ndarray:
+    """Random attribution maps: the reference ranking for deletion/insertion."""
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two maps (0 where either map is constant)."""
+    from scipy.stats import spearmanr
+
+    a, b = np.ravel(a), np.ravel(b)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
+
+
+def randomizable_layers(model: keras.Model) -> list[str]:
+    """Layers with weights, top (output side) first: the cascade order of Adebayo et al."""
+    seen, order = set(), []
+    for info in reversed(list_layers(model)):
+        layer = info.layer
+        if isinstance(layer, keras.Model) or not layer.weights or id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        order.append(info.path)
+    return order
+
+
+def randomization_sanity(
+    model: keras.Model,
+    x: np.ndarray,
+    targets,
+    method: Callable[[keras.Model, np.ndarray, np.ndarray], np.ndarray],
+    *,
+    max_layers: int | None = None,
+    seed: int = 0,
+) -> tuple[list[str], np.ndarray]:
+    """Cascading model-parameter randomisation (Adebayo et al. 2018).
+
+    From "Sanity Checks for Saliency Maps".
+
+    Re-initialises the weights of a *copy* of the model from the top layer down, one
+    more layer at each step, recomputes the maps with ``method`` and reports the mean
+    Spearman rank correlation with the original maps. A method whose maps stay highly
+    correlated after the model is randomised does not depend on what the model learned
+    and fails the check. The user's model is never modified.
+
+    Args:
+        model: A classifier.
+        x: Inputs.
+        targets: One class per input (kept fixed, as in the paper).
+        method: ``method(model, x, targets) -> maps``.
+        max_layers: Randomise at most this many layers (None: all with weights).
+        seed: Seed of the random weights.
+
+    Returns:
+        The randomised layer paths in cascade order, and the mean Spearman correlation
+        after each step (same length).
+    """
+    targets = check_targets(model, targets, len(x))
+    original = method(model, x, targets)
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    layers = randomizable_layers(clone)[: max_layers or None]
+    if not layers:
+        raise KerascopeError(f"model '{model.name}' has no layer with weights to randomise")
+    from pipeline.graph import layer_info
+
+    rng = np.random.default_rng(seed)
+    correlations = []
+    for path in layers:
+        layer = layer_info(clone, path).layer
+        for weight in layer.weights:
+            value = weight.numpy()
+            scale = float(value.std()) or 0.05
+            weight.assign(rng.normal(0.0, scale, value.shape).astype(value.dtype))
+        randomized = method(clone, x, targets)
+        correlations.append(
+            float(np.mean([spearman(o, r) for o, r in zip(original, randomized, strict=True)]))
+        )
+    return layers, np.asarray(correlations)
