@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
 from pipeline.errors import KerascopeError, choices_hint
 
@@ -177,6 +177,9 @@ def section(params: dict, name: str, schema: type[T]) -> T:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), raw)
         obj = OmegaConf.to_object(merged)
+    except ConfigKeyError as exc:
+        key = getattr(exc, "full_key", None) or ""
+        raise KerascopeError(f"unknown config key '{name}.{key}'") from None
     except OmegaConfBaseException as exc:
         key = getattr(exc, "full_key", None) or ""
         value = getattr(exc, "value", None)

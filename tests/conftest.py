@@ -98,3 +98,49 @@ def copy_repo(dest: Path, shrink: dict | None = None) -> Path:
 def shrunk_repo(tmp_path):
     """A committed copy of the repository with the shrunken default config."""
     return copy_repo(tmp_path / "repo", SHRINK)
+
+
+def write_tiny_project(root, n=40, model=None):
+    """A tiny dataset.h5 (8x8x1, 4 classes) and a saved model under ``root``.
+
+    Returns ``(params, x, model)`` with every path of ``params`` pointing into ``root``.
+    """
+    import h5py
+    import keras
+    import numpy as np
+
+    from pipeline.artifacts import provenance_attrs, write_attrs
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["paths"] = {k: str(root / v) for k, v in params["paths"].items()}
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    x = np.random.default_rng(0).random((n, 8, 8, 1)).astype("float32")
+    y = np.arange(n) % 4
+    with h5py.File(params["paths"]["dataset"], "w") as f:
+        for split in ("train", "val", "test", "probe"):
+            f.create_dataset(f"{split}/x", data=x)
+            f.create_dataset(f"{split}/y", data=y)
+        f.create_dataset("probe/index", data=np.arange(n))
+        write_attrs(f, provenance_attrs("dataset"))
+        write_attrs(
+            f,
+            {
+                "name": "tiny",
+                "class_names": list("abcd"),
+                "input_shape": np.array([8, 8, 1]),
+                "value_range": np.array([0.0, 1.0]),
+                "data_hash": "sha256:test",
+            },
+        )
+    model = model or keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(3, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(4, activation="softmax", name="out"),
+        ]
+    )
+    (root / "outputs").mkdir(exist_ok=True)
+    model.save(params["paths"]["model"])
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return params, x, model

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 import yaml
-from conftest import REPO
+from conftest import write_tiny_project
 
 from pipeline.activations import ActivationHealth, extract_activations
 from pipeline.errors import KerascopeError
@@ -146,48 +146,10 @@ def test_health_rules_on_constructed_activations():
 # --- the stage, on a tiny data set and model written to tmp_path -------------------
 
 
-def _write_tiny_project(root, n=40, model=None):
-    from pipeline.artifacts import provenance_attrs, write_attrs
-
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["paths"] = {k: str(root / v) for k, v in params["paths"].items()}
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    x = _x(n, 8, 8, 1)
-    y = np.arange(n) % 4
-    with h5py.File(params["paths"]["dataset"], "w") as f:
-        for split in ("train", "val", "test", "probe"):
-            f.create_dataset(f"{split}/x", data=x)
-            f.create_dataset(f"{split}/y", data=y)
-        f.create_dataset("probe/index", data=np.arange(n))
-        write_attrs(f, provenance_attrs("dataset"))
-        write_attrs(
-            f,
-            {
-                "name": "tiny",
-                "class_names": list("abcd"),
-                "input_shape": np.array([8, 8, 1]),
-                "value_range": np.array([0.0, 1.0]),
-                "data_hash": "sha256:test",
-            },
-        )
-    model = model or keras.Sequential(
-        [
-            keras.Input((8, 8, 1)),
-            keras.layers.Conv2D(3, 3, activation="relu", name="conv"),
-            keras.layers.Flatten(name="flat"),
-            keras.layers.Dense(4, activation="softmax", name="out"),
-        ]
-    )
-    (root / "outputs").mkdir(exist_ok=True)
-    model.save(params["paths"]["model"])
-    (root / "params.yaml").write_text(yaml.safe_dump(params))
-    return params, x, model
-
-
 def test_stage_writes_the_documented_layout(tmp_path, monkeypatch):
     from pipeline.stages.extract import _main
 
-    params, x, model = _write_tiny_project(tmp_path)
+    params, x, model = write_tiny_project(tmp_path)
     params["extract"] = {"batch_size": 16, "compression": "lzf"}
     _main(params)
     with h5py.File(params["paths"]["activations"]) as f:
@@ -218,7 +180,7 @@ def test_stage_writes_the_documented_layout(tmp_path, monkeypatch):
 def test_stage_selection_by_indices_and_type(tmp_path):
     from pipeline.stages.extract import _main
 
-    params, x, model = _write_tiny_project(tmp_path)
+    params, x, model = write_tiny_project(tmp_path)
     params["extract"] = {"layers": ["Dense"], "source": "test", "indices": [3, 1]}
     _main(params)
     with h5py.File(params["paths"]["activations"]) as f:
@@ -234,7 +196,7 @@ def test_nan_inputs_and_wrong_shapes_are_refused(tmp_path):
     from pipeline.stages.extract import _main
 
     model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4, name="d")])
-    params, _, _ = _write_tiny_project(tmp_path, model=model)
+    params, _, _ = write_tiny_project(tmp_path, model=model)
     params["extract"] = {}
     with pytest.raises(KerascopeError, match=r"expects inputs of shape \(5,\)"):
         _main(params)
@@ -247,7 +209,7 @@ def test_killed_extraction_leaves_no_final_file(tmp_path):
         [keras.Input((8, 8, 1)), keras.layers.Conv2D(64, 3, padding="same", name="wide")]
         + [keras.layers.Conv2D(64, 3, padding="same", name=f"w{i}") for i in range(6)]
     )
-    params, _, _ = _write_tiny_project(tmp_path, n=4000, model=big)
+    params, _, _ = write_tiny_project(tmp_path, n=4000, model=big)
     params["extract"] = {"batch_size": 64, "compression": "gzip"}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.Popen(

@@ -70,7 +70,11 @@ def test_evaluation_file_matches_an_independent_prediction(digits_params):
 @pytest.mark.parametrize("fmt", ["keras", "h5", "savedmodel"])
 def test_pretrained_model_is_loaded_not_trained(digits_params, tmp_path, fmt):
     user = keras.Sequential(
-        [keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(10, activation="softmax")]
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
     )
     path = tmp_path / ("user_model" if fmt == "savedmodel" else f"user.{fmt}")
     if fmt == "savedmodel":
