@@ -275,8 +275,11 @@ class LayerForward:
             (Simonyan et al. 2013 and Selvaraju et al. 2017 explain scores before
             softmax). The model itself is left untouched.
         tap_fn: Optional hook applied to each captured tensor before it continues
-            through the graph; it must return a tensor of the same shape. Attribution
-            methods use it to perturb or watch an intermediate activation.
+            through the graph; it must return a tensor of the same shape.
+        preactivation: Layer paths computed without their activation function (a
+            linear copy sharing the layer's variables), so a ReLU unit that is off still
+            has a gradient; feature visualization optimises these pre-activations, as
+            Olah et al. (2017) do with pre-ReLU tensors.
     """
 
     def __init__(
@@ -286,6 +289,7 @@ class LayerForward:
         *,
         logits: bool = False,
         tap_fn: Callable | None = None,
+        preactivation: Sequence[str] = (),
     ) -> None:
         self.model = model
         self.paths = list(paths)
@@ -299,8 +303,11 @@ class LayerForward:
         self.tap_fn = tap_fn
         self._wanted = set(self.paths)
         self._replacements: dict[int, keras.layers.Layer] = {}
+        self._by_path: dict[str, keras.layers.Layer] = {}
         if logits:
             self._prepare_logits(model)
+        for path in preactivation:
+            self._prepare_preactivation(model, path)
 
     def _prepare_logits(self, model: keras.Model) -> None:
         """Find the operations that produce the model outputs and plan their linear copies."""
@@ -321,6 +328,28 @@ class LayerForward:
             elif _has_output_activation(op):
                 shape = node.input_tensors[0].shape
                 self._replacements[id(op)] = _linear_copy(op, shape)
+
+    def _prepare_preactivation(self, model: keras.Model, path: str) -> None:
+        """Plan a linear copy of one layer call, so its tap is the pre-activation."""
+
+        def visit(graph, prefix):
+            for node, local, _ in _node_names(graph):
+                here = f"{prefix}{local}"
+                if here == path:
+                    op = node.operation
+                    if getattr(op, "activation", None) is not None:
+                        shape = node.input_tensors[0].shape
+                        self._by_path[path] = _linear_copy(op, shape)
+                    return True
+                inner = (
+                    _graph_of(node.operation) if isinstance(node.operation, keras.Model) else None
+                )
+                if inner is not None and path.startswith(here + "/") and visit(inner, here + "/"):
+                    return True
+            return False
+
+        if not visit(_graph_of(model), ""):
+            raise KerascopeError(f"no layer named '{path}'")
 
     def __call__(self, inputs):
         """Run the model on ``inputs``.
@@ -361,10 +390,13 @@ class LayerForward:
             path = f"{prefix}{local}"
             inner = _graph_of(op) if isinstance(op, keras.Model) else None
             if inner is not None and (
-                any(p.startswith(path + "/") for p in self._wanted) or self.logits
+                any(p.startswith(path + "/") for p in (*self._wanted, *self._by_path))
+                or self.logits
             ):
                 nested_inputs = args[0] if len(args) == 1 else list(args)
                 outputs = self._run(op, nested_inputs, path + "/", taps)
+            elif path in self._by_path:
+                outputs = self._call_op(self._by_path[path], args, kwargs)
             else:
                 outputs = self._call_op(op, args, kwargs)
             if path in self._wanted:

@@ -1,0 +1,294 @@
+"""Batched activation maximization: one input per unit, one compiled step for all."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.errors import KerascopeError
+from pipeline.graph import LayerForward, list_layers
+from pipeline.maximization import regularizers as reg
+from pipeline.maximization.objectives import Objective, objective_values
+from pipeline.maximization.parametrizations import initial_params, to_image
+
+#: Memory budget used to choose the batch size automatically.
+MEMORY_BUDGET_BYTES = 1 << 30
+
+
+@dataclass
+class Settings:
+    """Optimisation settings (every weight 0 disables its term).
+
+    Attributes:
+        steps: Optimisation steps per image.
+        learning_rate: Adam step size on the parameters.
+        parametrization: ``pixel`` or ``fourier``.
+        decay: Frequency decay of the Fourier scale (1 = 1/f).
+        decorrelate: Colour decorrelation for RGB inputs.
+        l2, lp, p, tv, blur: Weights of the L2 norm, the Lp norm (with exponent ``p``),
+            total variation and the blur penalty.
+        jitter: Maximum random shift in pixels between steps.
+        scale: Range of the random zoom between steps.
+        rotate: Maximum random rotation in degrees between steps.
+        copies: Images per unit; with ``diversity`` > 0 they are pushed apart.
+        diversity: Weight of the diversity term (Olah et al. 2017).
+        seed: Seed of the initial images and the transforms.
+        batch_size: Images per compiled step; None picks it from a memory budget.
+        steps_per_call: Steps run inside one compiled call (progress granularity).
+        explode_at: Stop when an objective's magnitude exceeds this.
+        preactivation: Optimise the unit before its activation function (a ReLU unit
+            that starts switched off still gets a gradient); the reported final values
+            and reach ratios are always after the activation.
+    """
+
+    steps: int = 128
+    learning_rate: float = 0.05
+    parametrization: str = "fourier"
+    decay: float = 1.0
+    decorrelate: bool = True
+    l2: float = 0.0
+    lp: float = 0.0
+    p: float = 6.0
+    tv: float = 0.0
+    blur: float = 0.0
+    jitter: int = 1
+    scale: tuple[float, float] = (1.0, 1.0)
+    rotate: float = 0.0
+    copies: int = 1
+    diversity: float = 0.0
+    seed: int = 0
+    batch_size: int | None = None
+    steps_per_call: int = 16
+    explode_at: float = 1e6
+    preactivation: bool = True
+
+
+@dataclass
+class MaximizationResult:
+    """Optimised images of one objective.
+
+    Attributes:
+        images: (units * copies, H, W, C) in the data's value range.
+        objective: (units * copies, steps) objective value at every step.
+        final: (units * copies,) objective of the final image, untransformed.
+        units: (units * copies,) unit index of each image.
+        copy: (units * copies,) copy index of each image.
+    """
+
+    images: np.ndarray
+    objective: np.ndarray
+    final: np.ndarray
+    units: np.ndarray
+    copy: np.ndarray
+
+
+def auto_batch_size(model: keras.Model, budget: int = MEMORY_BUDGET_BYTES) -> int:
+    """Images per step that fit ``budget``.
+
+    Every activation is kept for the backward pass, with a factor of 4 for gradients,
+    optimiser state and temporaries.
+    """
+    per_image = sum(
+        int(np.prod([d for d in info.output_shape if d])) * 4
+        for info in list_layers(model)
+        if info.output_shape
+    )
+    return int(max(1, min(512, budget // max(per_image * 4, 1))))
+
+
+def unit_seed(seed: int, unit: int, copy: int) -> int:
+    """The stateless seed of one image: depends on the unit, never on the batch."""
+    return (seed * 1_000_003 + unit * 7_919 + copy * 104_729) % (2**31 - 1)
+
+
+def _regularized_loss(objective, forward, settings, shape, value_range, copies):
+    """Per-image loss = -objective + penalties (+ diversity within each unit's copies)."""
+    center = (value_range[0] + value_range[1]) / 2.0
+
+    def loss_fn(params, units, step_seed):
+        images = to_image(
+            settings.parametrization,
+            params,
+            shape,
+            value_range,
+            settings.decay,
+            settings.decorrelate,
+        )
+        moved = reg.random_transform(
+            images, step_seed, settings.jitter, tuple(settings.scale), settings.rotate
+        )
+        acts = forward(moved)
+        values = objective_values(objective, acts, units)
+        loss = -values
+        if settings.l2:
+            loss += settings.l2 * reg.lp_norm(images, 2.0, center)
+        if settings.lp:
+            loss += settings.lp * reg.lp_norm(images, settings.p, center)
+        if settings.tv:
+            loss += settings.tv * reg.total_variation(images)
+        if settings.blur:
+            loss += settings.blur * reg.blur_penalty(images)
+        if settings.diversity and copies > 1:
+            flat = tf.reshape(acts, [-1, copies, int(np.prod(acts.shape[1:]))])
+            flat = tf.math.l2_normalize(flat, axis=-1)
+            sims = tf.einsum("gcd,gkd->gck", flat, flat)
+            others = (tf.reduce_sum(sims, axis=-1) - 1.0) / (copies - 1)
+            loss += settings.diversity * tf.reshape(others, [-1])
+        return loss, values
+
+    return loss_fn
+
+
+def maximize(
+    model: keras.Model,
+    objective: Objective,
+    units: Sequence[int],
+    value_range: tuple[float, float] = (0.0, 1.0),
+    settings: Settings | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> MaximizationResult:
+    """Find inputs that maximize each unit's activation, many units per compiled step.
+
+    Olah, Mordvintsev & Schubert (2017), "Feature Visualization"; Erhan et al. (2009).
+    Each image is optimised with Adam on its own parameters; images in a batch never
+    interact (the per-image losses are summed), so batched and one-at-a-time runs
+    agree, and the same seed gives the same images.
+
+    Args:
+        model: An image model (inputs (H, W, C), float).
+        objective: What to maximize (see :class:`Objective`).
+        units: Unit (channel, neuron, class) indices.
+        value_range: (lo, hi) of the data; images stay inside it.
+        settings: :class:`Settings`.
+        progress: Called with the number of image-steps done after each compiled call.
+
+    Returns:
+        :class:`MaximizationResult`.
+
+    Raises:
+        KerascopeError: Non-image or non-float inputs (no gradient path), or NaN /
+            exploding values (naming the unit and the step).
+    """
+    settings = settings or Settings()
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise KerascopeError(
+            f"activation maximization needs a single image input (H, W, C); model "
+            f"'{model.name}' has inputs {[tuple(i.shape) for i in model.inputs]}"
+        )
+    if not model.inputs[0].dtype.startswith("float"):
+        raise KerascopeError(
+            f"model '{model.name}' takes {model.inputs[0].dtype} inputs: there is no gradient "
+            "path from the input to any layer"
+        )
+    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    copies = max(1, int(settings.copies))
+    unit_list = np.repeat(np.asarray(units, dtype=np.int32), copies)
+    copy_list = np.tile(np.arange(copies, dtype=np.int32), len(units))
+    is_logit = objective.kind == "class_logit"
+    taps = [] if is_logit else [objective.layer]
+    pre = taps if settings.preactivation else []
+    eval_forward = LayerForward(model, taps, logits=is_logit)
+    opt_forward = LayerForward(model, taps, logits=is_logit, preactivation=pre)
+
+    def make(layer_forward):
+        def forward(images):
+            outputs, tapped = layer_forward(images)
+            return outputs if is_logit else tapped[objective.layer]
+
+        return forward
+
+    forward = make(eval_forward)
+    loss_fn = _regularized_loss(objective, make(opt_forward), settings, shape, value_range, copies)
+    batch = settings.batch_size or auto_batch_size(model)
+    batch = max(copies, batch - batch % copies)
+    lr = settings.learning_rate
+
+    @tf.function(reduce_retracing=True)
+    def run(params, m, v, units_t, start, count):
+        curve = tf.TensorArray(tf.float32, size=count)
+        for i in tf.range(count):
+            step = start + i
+            with tf.GradientTape() as tape:
+                loss, values = loss_fn(params, units_t, tf.stack([settings.seed, step]))
+                total = tf.reduce_sum(loss)
+            grad = tape.gradient(total, params)
+            if grad is None:
+                raise ValueError("no gradient")
+            t = tf.cast(step + 1, tf.float32)
+            m.assign(0.9 * m + 0.1 * grad)
+            v.assign(0.999 * v + 0.001 * tf.square(grad))
+            m_hat = m / (1.0 - tf.pow(0.9, t))
+            v_hat = v / (1.0 - tf.pow(0.999, t))
+            params.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + 1e-8))
+            curve = curve.write(i, values)
+        return tf.transpose(curve.stack())
+
+    @tf.function(reduce_retracing=True)
+    def final_values(params, units_t):
+        images = to_image(
+            settings.parametrization,
+            params,
+            shape,
+            value_range,
+            settings.decay,
+            settings.decorrelate,
+        )
+        return images, objective_values(objective, forward(images), units_t)
+
+    images, curves, finals = [], [], []
+    for start in range(0, len(unit_list), batch):
+        chunk_units = unit_list[start : start + batch]
+        chunk_copies = copy_list[start : start + batch]
+        seeds = [
+            unit_seed(settings.seed, int(u), int(c))
+            for u, c in zip(chunk_units, chunk_copies, strict=True)
+        ]
+        params = tf.Variable(initial_params(settings.parametrization, shape, np.asarray(seeds)))
+        m = tf.Variable(tf.zeros_like(params))
+        v = tf.Variable(tf.zeros_like(params))
+        units_t = tf.constant(chunk_units)
+        chunk_curves = []
+        for step0 in range(0, settings.steps, settings.steps_per_call):
+            count = min(settings.steps_per_call, settings.steps - step0)
+            try:
+                values = run(params, m, v, units_t, tf.constant(step0), tf.constant(count)).numpy()
+            except (ValueError, TypeError) as exc:
+                if "gradient" in str(exc).lower():
+                    raise KerascopeError(
+                        f"layer '{objective.layer}' has no differentiable path to the input"
+                    ) from None
+                raise
+            _check_finite(values, chunk_units, step0, objective.layer, settings.explode_at)
+            chunk_curves.append(values)
+            if progress is not None:
+                progress(count * len(chunk_units))
+        image, final = final_values(params, units_t)
+        images.append(image.numpy())
+        finals.append(final.numpy())
+        curves.append(np.concatenate(chunk_curves, axis=1))
+    return MaximizationResult(
+        images=np.concatenate(images),
+        objective=np.concatenate(curves),
+        final=np.concatenate(finals),
+        units=unit_list,
+        copy=copy_list,
+    )
+
+
+def _check_finite(values, units, step0, layer, limit) -> None:
+    bad = ~np.isfinite(values) | (np.abs(values) > limit)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        what = (
+            "NaN/Inf"
+            if not np.isfinite(values[row, col])
+            else f"exploding ({values[row, col]:.3g})"
+        )
+        raise KerascopeError(
+            f"unit {int(units[row])} of layer '{layer}' became {what} at step {step0 + int(col)}; "
+            "lower maximize.learning_rate or raise the regularizer weights"
+        )
