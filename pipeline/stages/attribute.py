@@ -199,6 +199,7 @@ def _main(params: dict) -> None:
                 "class_names": info.class_names,
                 "score": cfg.score,
                 "target_mode": str(cfg.target),
+                "methods": list(cfg.methods),
             },
         )
         for name, value in (

@@ -1,0 +1,1 @@
+"""Rendering: figures from arrays (``figures``) and the static HTML report (``report``)."""

@@ -1,0 +1,467 @@
+"""Figures: arrays in, matplotlib figures out. No file or HDF5 access here.
+
+Every figure states its colour scale (a colorbar or a caption) and keeps text at 8 pt or
+larger, so grids of 64 channels stay readable when the page shows them at full width.
+"""
+
+from __future__ import annotations
+
+import math
+import textwrap
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.dpi": 100})
+
+
+def _grid(n: int, max_cols: int = 8) -> tuple[int, int]:
+    cols = min(max_cols, max(1, math.ceil(math.sqrt(n))))
+    return math.ceil(n / cols), cols
+
+
+def _show_image(ax, image: np.ndarray, cmap: str = "gray") -> None:
+    """Draw an input: grayscale for one channel, RGB clipped to [0, 1] for three."""
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 3:
+        lo, hi = float(image.min()), float(image.max())
+        ax.imshow((image - lo) / (hi - lo) if hi > lo else image * 0)
+    elif image.ndim == 2:
+        ax.imshow(image, cmap=cmap)
+    else:
+        ax.plot(image)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def summary_table(rows: Sequence[tuple[str, str, str, int]]) -> Figure:
+    """The model summary: layer path, type, output shape, parameters."""
+    fig_height = 0.6 + 0.28 * (len(rows) + 1)
+    fig, ax = plt.subplots(figsize=(8, fig_height))
+    ax.axis("off")
+    cells = [[path, kind, shape, f"{params:,}"] for path, kind, shape, params in rows]
+    table = ax.table(
+        cellText=cells,
+        colLabels=["layer", "type", "output shape", "parameters"],
+        loc="upper center",
+        cellLoc="left",
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(9)
+    table.scale(1, 1.3)
+    total = sum(r[3] for r in rows)
+    ax.set_title(f"Model summary ({total:,} parameters)")
+    fig.tight_layout()
+    return fig
+
+
+def architecture_diagram(
+    layers: Sequence[tuple[str, str, str]], edges: Sequence[tuple[int, int]] | None = None
+) -> Figure:
+    """Boxes per layer (name, type, output shape) with arrows along the data flow.
+
+    Drawn with matplotlib only, so no graphviz binary is needed.
+
+    Args:
+        layers: (path, class name, output shape) in execution order.
+        edges: (from, to) index pairs; default: a chain in execution order.
+    """
+    n = len(layers)
+    edges = list(edges) if edges is not None else [(i, i + 1) for i in range(n - 1)]
+    fig, ax = plt.subplots(figsize=(5.2, 0.75 * n + 0.6))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-n + 0.4, 0.8)
+    ax.axis("off")
+    palette = {"Conv": "#cfe2f3", "Pool": "#d9ead3", "Dense": "#fce5cd", "LSTM": "#ead1dc"}
+    for i, (path, kind, shape) in enumerate(layers):
+        color = next((c for k, c in palette.items() if k in kind), "#eeeeee")
+        ax.add_patch(
+            plt.Rectangle((0.08, -i - 0.3), 0.84, 0.6, facecolor=color, edgecolor="#555555")
+        )
+        ax.text(0.5, -i + 0.08, f"{path}  ({kind})", ha="center", va="center", fontsize=9)
+        ax.text(0.5, -i - 0.15, shape, ha="center", va="center", fontsize=8, color="#333333")
+    for a, b in edges:
+        ax.annotate(
+            "",
+            xy=(0.5, -b + 0.3),
+            xytext=(0.5, -a - 0.3),
+            arrowprops={"arrowstyle": "->", "color": "#555555"},
+        )
+    ax.set_title("Architecture (execution order)")
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: dict[str, np.ndarray]) -> Figure:
+    """Loss and accuracy per epoch, training and validation."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for key, style in ((metric, "-o"), (f"val_{metric}", "--s")):
+            if key in history and len(history[key]):
+                epochs = np.arange(1, len(history[key]) + 1)
+                ax.plot(epochs, history[key], style, label=key.replace("_", " "), markersize=3)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(
+    labels: np.ndarray, predicted: np.ndarray, class_names: Sequence[str]
+) -> Figure:
+    """Counts of true (rows) against predicted (columns) classes."""
+    k = len(class_names)
+    matrix = np.zeros((k, k), dtype=int)
+    np.add.at(matrix, (labels, predicted), 1)
+    size = max(4.0, 0.45 * k + 1.5)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(matrix, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            if matrix[i, j]:
+                color = "white" if matrix[i, j] > matrix.max() / 2 else "black"
+                ax.text(j, i, matrix[i, j], ha="center", va="center", fontsize=8, color=color)
+    ax.set_xticks(range(k), class_names, rotation=45, ha="right")
+    ax.set_yticks(range(k), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    accuracy = np.trace(matrix) / max(matrix.sum(), 1)
+    ax.set_title(f"Confusion matrix (test accuracy {accuracy:.3f})")
+    fig.colorbar(image, ax=ax, label="count", shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def prediction_grid(
+    inputs: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
+) -> Figure:
+    """Probe inputs with true and predicted labels; misclassifications framed in red."""
+    n = len(inputs)
+    rows, cols = _grid(n, 10)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.4), squeeze=False)
+    predicted = probabilities.argmax(axis=-1)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        ax = axes.ravel()[i]
+        ax.axis("on")
+        _show_image(ax, inputs[i])
+        wrong = labels[i] >= 0 and predicted[i] != labels[i]
+        true = class_names[labels[i]] if labels[i] >= 0 else "?"
+        ax.set_title(
+            f"true {true}\npred {class_names[predicted[i]]} {probabilities[i].max():.2f}",
+            fontsize=8,
+            color="#c00000" if wrong else "black",
+        )
+        for spine in ax.spines.values():
+            spine.set_edgecolor("#c00000" if wrong else "#999999")
+            spine.set_linewidth(3 if wrong else 0.5)
+    fig.suptitle("Probe set predictions (red: misclassified)")
+    fig.tight_layout()
+    return fig
+
+
+def feature_maps(
+    maps: np.ndarray,
+    title: str,
+    cmap: str = "viridis",
+    scale: str = "shared",
+    max_channels: int = 64,
+) -> Figure:
+    """One tile per channel of a conv/pooling output for one input.
+
+    Args:
+        maps: (h, w, channels).
+        title: Figure title.
+        cmap: Colormap.
+        scale: ``shared`` (one colour scale, one colorbar) or ``per_channel`` (each
+            tile stretched to its own range; the caption says so).
+        max_channels: Show at most this many channels.
+    """
+    channels = min(maps.shape[-1], max_channels)
+    rows, cols = _grid(channels, 8)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(1.25 * cols + 0.9, 1.3 * rows + 0.6), squeeze=False
+    )
+    lo, hi = float(maps.min()), float(maps.max())
+    image = None
+    for i, ax in enumerate(axes.ravel()):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= channels:
+            ax.axis("off")
+            continue
+        tile = maps[..., i]
+        if scale == "shared":
+            image = ax.imshow(tile, cmap=cmap, vmin=lo, vmax=hi)
+        else:
+            image = ax.imshow(tile, cmap=cmap)
+        ax.set_title(f"ch {i}", fontsize=8, pad=2)
+    if scale == "shared" and image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.7, label="activation")
+        suffix = f"shared scale {lo:.2g} to {hi:.2g}"
+    else:
+        suffix = "each tile scaled to its own range"
+    more = f", first {channels} of {maps.shape[-1]} channels" if channels < maps.shape[-1] else ""
+    fig.suptitle(f"{title} ({suffix}{more})")
+    return fig
+
+
+def dense_activations(
+    acts: np.ndarray, title: str, dead: np.ndarray, saturated: np.ndarray, max_inputs: int = 4
+) -> Figure:
+    """Activation vectors of a few inputs, and the histogram over the probe set.
+
+    Dead units (never above zero) are marked in grey, saturated ones in red.
+    """
+    units = acts.shape[-1]
+    shown = min(max_inputs, len(acts))
+    fig, axes = plt.subplots(shown + 1, 1, figsize=(8, 1.5 * shown + 2.4))
+    axes = np.atleast_1d(axes)
+    x = np.arange(units)
+    colors = np.where(dead, "#999999", np.where(saturated, "#c00000", "#1f77b4"))
+    for i in range(shown):
+        ax = axes[i]
+        if units <= 128:
+            ax.bar(x, acts[i], color=colors, width=0.9)
+        else:
+            ax.plot(x, acts[i], lw=0.8)
+        ax.set_ylabel(f"input {i}", fontsize=8)
+        ax.set_xlim(-1, units)
+        ax.grid(alpha=0.3)
+    axes[shown - 1].set_xlabel("unit")
+    hist = axes[-1]
+    hist.hist(acts.ravel(), bins=50, color="#1f77b4")
+    hist.set_xlabel("activation value (all probe inputs and units)")
+    hist.set_ylabel("count")
+    hist.set_yscale("log")
+    hist.set_title(
+        f"{int(dead.sum())} dead (grey), {int(saturated.sum())} saturated (red) of {units} units",
+        fontsize=8,
+    )
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def recurrent_activations(acts: np.ndarray, title: str, cmap: str = "RdBu_r") -> Figure:
+    """Hidden units over time for one input: lines and a heatmap. acts: (T, units)."""
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.2))
+    shown = min(acts.shape[1], 12)
+    for u in range(shown):
+        top.plot(acts[:, u], lw=1, label=f"unit {u}")
+    top.set_xlabel("time step")
+    top.set_ylabel("activation")
+    top.grid(alpha=0.3)
+    top.legend(ncol=6, fontsize=7, loc="upper right")
+    top.set_title(f"first {shown} units over time")
+    bound = float(np.abs(acts).max()) or 1.0
+    image = bottom.imshow(acts.T, aspect="auto", cmap=cmap, vmin=-bound, vmax=bound)
+    bottom.set_xlabel("time step")
+    bottom.set_ylabel("unit")
+    fig.colorbar(image, ax=bottom, label="activation")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def projection(
+    features: np.ndarray,
+    labels: np.ndarray,
+    class_names: Sequence[str],
+    title: str,
+    method: str = "pca",
+) -> Figure:
+    """2-D projection of high-dimensional activations, coloured by class (PCA or t-SNE)."""
+    flat = features.reshape(len(features), -1).astype(np.float64)
+    if method == "tsne" and len(flat) > 5:
+        from sklearn.manifold import TSNE
+
+        points = TSNE(
+            2, perplexity=min(30, len(flat) - 1), init="pca", random_state=0
+        ).fit_transform(flat)
+        axes_names = ("t-SNE 1", "t-SNE 2")
+    else:
+        centered = flat - flat.mean(axis=0)
+        _, _, vt = np.linalg.svd(centered, full_matrices=False)
+        points = (
+            centered @ vt[:2].T
+            if vt.shape[0] >= 2
+            else np.c_[centered @ vt[:1].T, np.zeros(len(flat))]
+        )
+        axes_names = ("PC 1", "PC 2")
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for k, name in enumerate(class_names):
+        mask = labels == k
+        if mask.any():
+            ax.scatter(points[mask, 0], points[mask, 1], s=18, color=cmap(k % cmap.N), label=name)
+    if (labels < 0).any():
+        ax.scatter(*points[labels < 0].T, s=18, color="#777777", label="unlabelled")
+    ax.set_xlabel(axes_names[0])
+    ax.set_ylabel(axes_names[1])
+    ax.legend(fontsize=7, ncol=2, loc="best")
+    ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def _resize(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    from scipy.ndimage import zoom
+
+    factors = (shape[0] / maps.shape[0], shape[1] / maps.shape[1])
+    return zoom(maps, factors, order=1)
+
+
+def heatmap_overlays(
+    inputs: np.ndarray, acts: np.ndarray, title: str, cmap: str = "inferno", alpha: float = 0.5
+) -> Figure:
+    """A conv layer's mean activation upsampled and blended over each input.
+
+    Args:
+        inputs: (N, H, W, C).
+        acts: (N, h, w, channels).
+        title: Figure title.
+        cmap: Colormap of the heatmap.
+        alpha: Opacity of the heatmap.
+    """
+    n = len(inputs)
+    fig, axes = plt.subplots(1, n, figsize=(1.7 * n + 0.8, 2.2), squeeze=False)
+    image = None
+    for i in range(n):
+        ax = axes[0, i]
+        _show_image(ax, inputs[i])
+        heat = _resize(acts[i].mean(axis=-1), inputs.shape[1:3])
+        heat = heat / (heat.max() or 1.0)
+        image = ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
+        ax.set_title(f"input {i}", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.8, label="mean activation / max")
+    fig.suptitle(title)
+    return fig
+
+
+def attribution_grid(
+    inputs: np.ndarray,
+    maps: dict[str, np.ndarray],
+    targets: np.ndarray,
+    class_names: Sequence[str],
+    cmap: str = "magma",
+    alpha: float = 0.6,
+) -> Figure:
+    """Rows: inputs. Columns: the input, then each method's map blended over it.
+
+    Each map is scaled to its own maximum |value| (the colorbar's 0 to 1); signed maps
+    (Integrated Gradients) show their magnitude.
+    """
+    methods = list(maps)
+    n = len(inputs)
+    cols = 1 + len(methods)
+    fig, axes = plt.subplots(n, cols, figsize=(1.55 * cols + 0.9, 1.5 * n + 0.6), squeeze=False)
+    image = None
+    for r in range(n):
+        _show_image(axes[r, 0], inputs[r])
+        axes[r, 0].set_ylabel(f"target {class_names[targets[r]]}", fontsize=8)
+        for c, method in enumerate(methods, start=1):
+            ax = axes[r, c]
+            heat = np.abs(np.asarray(maps[method][r], dtype=np.float64))
+            if heat.ndim == 1:
+                heat = heat[:, None]
+            if inputs.ndim == 4:
+                _show_image(ax, inputs[r])
+                heat = _resize(heat, inputs.shape[1:3]) if heat.shape != inputs.shape[1:3] else heat
+            else:
+                ax.set_xticks([])
+                ax.set_yticks([])
+            heat = heat / (heat.max() or 1.0)
+            image = ax.imshow(
+                heat,
+                cmap=cmap,
+                alpha=alpha if inputs.ndim == 4 else 1.0,
+                vmin=0,
+                vmax=1,
+                aspect="auto",
+            )
+            if r == 0:
+                ax.set_title(textwrap.fill(method.replace("_", " "), 12), fontsize=8)
+    axes[0, 0].set_title("input", fontsize=8)
+    if image is not None:
+        fig.colorbar(image, ax=axes, shrink=0.6, label="|attribution| / max per map")
+    return fig
+
+
+def faithfulness_curves(
+    fractions: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray]]
+) -> Figure:
+    """Mean deletion and insertion curves per method, with the random baseline dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, index, name in (
+        (axes[0], 0, "deletion (lower AUC is better)"),
+        (axes[1], 1, "insertion (higher AUC is better)"),
+    ):
+        for method, pair in curves.items():
+            mean = pair[index].mean(axis=0)
+            auc = float(np.trapezoid(mean, fractions))
+            style = "--" if method == "random" else "-"
+            color = "black" if method == "random" else None
+            ax.plot(fractions, mean, style, color=color, label=f"{method} ({auc:.3f})")
+        ax.set_xlabel("fraction of pixels removed" if index == 0 else "fraction of pixels inserted")
+        ax.set_ylabel("target-class probability")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+        ax.set_title(name)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def sanity_bars(correlations: dict[str, float], threshold: float) -> Figure:
+    """Spearman correlation with the original maps after full model randomisation."""
+    methods = list(correlations)
+    values = [correlations[m] for m in methods]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    colors = ["#c00000" if abs(v) >= threshold else "#2ca02c" for v in values]
+    ax.bar(range(len(methods)), values, color=colors)
+    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"fail threshold {threshold}")
+    ax.axhline(-threshold, color="black", ls="--", lw=1)
+    ax.set_xticks(range(len(methods)), [m.replace("_", "\n") for m in methods], fontsize=8)
+    ax.set_ylabel("Spearman rank correlation")
+    ax.set_ylim(-1, 1)
+    ax.set_title("Model randomisation sanity check (red: maps survive randomisation = fail)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    return fig
+
+
+def maximization_grid(
+    images: np.ndarray,
+    units: np.ndarray,
+    reach: np.ndarray,
+    title: str,
+    labels: Sequence[str] | None = None,
+) -> Figure:
+    """Optimised images, labelled with the unit (or class) and its reach ratio."""
+    n = len(images)
+    rows, cols = _grid(n, 8)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.5 * rows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.ravel()):
+        if i >= n:
+            ax.axis("off")
+            continue
+        _show_image(ax, images[i])
+        name = labels[i] if labels is not None else f"unit {int(units[i])}"
+        ratio = "n/a" if not np.isfinite(reach[i]) else f"{reach[i]:.2f}"
+        ax.set_title(f"{name}\nreach {ratio}", fontsize=8)
+    fig.suptitle(f"{title} (reach = activation reached / best probe input)")
+    fig.tight_layout()
+    return fig
