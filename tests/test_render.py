@@ -1,0 +1,249 @@
+"""Render: figures from the stages' outputs, the HTML report, and a real browser."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from conftest import write_tiny_project
+from PIL import Image
+
+from pipeline.artifacts import provenance_attrs, write_attrs
+from pipeline.render import figures as fig_lib
+
+EVIL = "<img src=x onerror=alert(1)>"
+
+
+def _image_axes(figure):
+    return [ax for ax in figure.axes if ax.images]
+
+
+def test_feature_map_grid_has_one_tile_per_channel():
+    maps = np.random.default_rng(0).random((6, 6, 64))
+    figure = fig_lib.feature_maps(maps, "layer", scale="shared")
+    assert len(_image_axes(figure)) == 64 + 0  # the colorbar axis holds no image
+    limited = fig_lib.feature_maps(maps, "layer", scale="per_channel", max_channels=10)
+    assert len(_image_axes(limited)) == 10
+    assert "first 10 of 64" in limited._suptitle.get_text()
+
+
+def test_attribution_grid_and_maximization_grid_tile_counts():
+    inputs = np.random.default_rng(1).random((3, 8, 8, 1))
+    maps = {"saliency": np.random.random((3, 8, 8)), "gradcam": np.random.random((3, 8, 8))}
+    grid = fig_lib.attribution_grid(inputs, maps, np.array([0, 1, 0]), ["a", "b"])
+    assert len(_image_axes(grid)) == 3 * 3
+    images = np.random.default_rng(2).random((10, 8, 8, 1))
+    grid = fig_lib.maximization_grid(images, np.arange(10), np.linspace(0.5, 1.5, 10), "conv")
+    titled = [ax.get_title() for ax in _image_axes(grid)]
+    assert len(titled) == 10 and titled[3] == "unit 3\nreach 0.83"
+
+
+def _project(tmp_path, n=12, channels=3, model=None):
+    """A tiny project with every upstream output produced by the real stages."""
+    from pipeline.stages.attribute import _main as attribute
+    from pipeline.stages.extract import _main as extract
+    from pipeline.stages.maximize import _main as maximize
+
+    params, x, model = write_tiny_project(tmp_path, n=n, model=model)
+    with h5py.File(params["paths"]["evaluation"], "w") as f:
+        write_attrs(f, provenance_attrs("evaluation"))
+        write_attrs(f, {"class_names": list("abcd")})
+        f["test/labels"] = np.arange(n) % 4
+        f["test/probabilities"] = model.predict(x, verbose=0)
+        f["history/loss"] = [1.0, 0.5]
+        f["history/val_loss"] = [1.1, 0.7]
+        f["history/accuracy"] = [0.5, 0.8]
+        f["history/val_accuracy"] = [0.4, 0.7]
+    params["extract"] = {}
+    params["attribute"] = {
+        "smoothgrad": {"samples": 2},
+        "integrated_gradients": {"steps": 4},
+        "faithfulness": {"steps": 4},
+        "sanity": {"max_layers": 1},
+    }
+    params["maximize"] = {"targets": ["last_conv", "output"], "steps": 4}
+    extract(params)
+    attribute(params)
+    maximize(params)
+    return params
+
+
+def _wide_model(channels=3):
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(channels, 3, activation="relu", name="conv"),
+            keras.layers.Flatten(name="flat"),
+            keras.layers.Dense(4, activation="softmax", name="out"),
+        ]
+    )
+
+
+def _poison(params):
+    """Hostile names where a downloaded model or a config could put them.
+
+    TensorFlow cannot run a layer with such a name, so the tensors come from a normal
+    model; the names reach the report through the model file's summary, the HDF5
+    layer attributes and the config.
+    """
+    evil = keras.Sequential(
+        [
+            keras.Input((8, 8, 1)),
+            keras.layers.Conv2D(3, 3, name=EVIL),
+            keras.layers.Flatten(name="<script>alert(1)"),
+        ]
+    )
+    evil.save(params["paths"]["model"])
+    with h5py.File(params["paths"]["activations"], "a") as f:
+        f["activations/conv"].attrs["layer_path"] = EVIL
+    params["data"] = {"name": EVIL}
+    params["render"] = {"layer_views": {EVIL: "conv"}}
+
+
+def test_report_has_every_section_figure_and_escapes_names(tmp_path):
+    from pipeline.stages.render import _main as render
+
+    params = _project(tmp_path)
+    _poison(params)
+    params["render"]["formats"] = ["png", "svg"]
+    render(params)
+    report = Path(params["paths"]["report"])
+    page = (report / "index.html").read_text()
+    for section in (
+        "Model",
+        "Training",
+        "Activations",
+        "Attributions",
+        "Feature visualization",
+        "Metrics",
+        "Provenance",
+    ):
+        assert f"<h2>{section}</h2>" in page
+    assert EVIL not in page and "<script>" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page
+    figures = sorted((report / "figures").glob("*.png"))
+    names = {p.name for p in figures}
+    for expected in (
+        "training_curves.png",
+        "confusion_matrix.png",
+        "prediction_grid.png",
+        "attributions.png",
+        "faithfulness.png",
+        "sanity.png",
+        "architecture.png",
+        "model_summary.png",
+    ):
+        assert expected in names
+    assert len(list((report / "figures").glob("*.svg"))) == len(figures)
+    for png in figures:
+        pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float64)
+        assert pixels.var() > 1.0, png.name
+    # Every <img> in the page points at a file that exists.
+    import re
+
+    for src in re.findall(r'<img src="([^"]+)"', page):
+        assert (report / src).exists(), src
+
+
+def test_missing_upstream_outputs_are_reported_not_fatal(tmp_path):
+    from pipeline.stages.render import _main as render
+
+    params, _, _ = write_tiny_project(tmp_path, n=8)
+    params["render"] = {}
+    render(params)
+    page = (Path(params["paths"]["report"]) / "index.html").read_text()
+    assert "Activations not found: run the extract stage." in page
+    assert "Attributions not found" in page
+
+
+def test_truncated_upstream_file_is_a_one_line_error(tmp_path):
+    from pipeline.errors import KerascopeError
+    from pipeline.stages.render import _main as render
+
+    params, _, _ = write_tiny_project(tmp_path, n=8)
+    Path(params["paths"]["activations"]).write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 20)
+    params["render"] = {}
+    with pytest.raises(KerascopeError, match="truncated or not an HDF5 file"):
+        render(params)
+    assert not Path(params["paths"]["report"]).exists()
+
+
+def _chromium():
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+@pytest.mark.slow
+def test_report_in_a_real_headless_browser(tmp_path):
+    chromium, driver_path = _chromium(), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        if os.environ.get("CI"):
+            pytest.fail("chromium and chromedriver are required in CI (.ci/run installs them)")
+        pytest.skip("chromium/chromedriver not installed")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from pipeline.stages.render import _main as render
+
+    # A 64-channel layer and 100 probe inputs: the report must stay usable.
+    params = _project(tmp_path, n=100, model=_wide_model(64))
+    _poison(params)
+    render(params)
+    index = Path(params["paths"]["report"]) / "index.html"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+    ):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    try:
+        started = time.perf_counter()
+        driver.get(index.as_uri())
+        load_seconds = time.perf_counter() - started
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert not severe, severe
+        images = driver.execute_script(
+            "return Array.from(document.images)"
+            ".map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+        )
+        assert len(images) > 10
+        broken = [src for src, complete, width in images if not complete or width == 0]
+        assert not broken, broken
+        links = driver.execute_script(
+            "return Array.from(document.querySelectorAll('nav a')).map(a => a.getAttribute('href'))"
+        )
+        assert len(links) >= 7
+        missing = driver.execute_script(
+            "return arguments[0]"
+            ".filter(h => !document.getElementById(decodeURIComponent(h.slice(1))))",
+            links,
+        )
+        assert not missing, missing
+        # Clicking a TOC entry moves to its section.
+        driver.execute_script("document.querySelector('nav a[href=\"#attributions\"]').click()")
+        assert driver.execute_script("return location.hash") == "#attributions"
+        assert not driver.execute_script("return window.__xss === true")
+        size = sum(p.stat().st_size for p in index.parent.rglob("*") if p.is_file())
+        print(f"report: {len(images)} images, {size / 1e6:.1f} MB, loaded in {load_seconds:.2f} s")
+        assert load_seconds < 20
+    finally:
+        driver.quit()
