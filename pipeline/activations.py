@@ -8,11 +8,17 @@ inputs) or :func:`extract_activations` to get everything at once in a notebook::
     acts["conv1"].shape   # (N, 24, 24, 6)
 
 :class:`ActivationHealth` accumulates per-layer health statistics (dead units,
-saturated units, mean, standard deviation, non-finite values) batch by batch.
+saturated units, mean, standard deviation, non-finite values) batch by batch. The
+per-batch reductions run inside the same ``tf.function`` as the forward pass, so the
+statistics cost a few reductions per layer rather than a float64 copy of every tensor.
+
+Layer addressing (``base/block1_conv1``, shared layers ``name@1``) and the one-pass
+forward are :mod:`pipeline.graph`'s; this module adds batching and statistics.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -20,9 +26,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.errors import KerascopeError
 from pipeline.graph import LayerForward, compiled, layer_info, resolve_layers
 
-#: Activation functions whose outputs are bounded, and their saturation zones.
+#: Activation functions whose outputs are bounded, and which saturation zone they use.
 BOUNDED = {"tanh": "tanh", "sigmoid": "sigmoid", "softmax": "sigmoid", "hard_sigmoid": "sigmoid"}
 
 #: A bounded unit is saturated when at least this share of its values is in the zone.
@@ -31,6 +38,9 @@ SATURATION_SHARE = 0.95
 #: An unbounded unit is saturated when its mean exceeds the layer's mean by this many
 #: standard deviations of the layer's values ("far above the layer's typical range").
 SATURATION_SIGMAS = 4.0
+
+#: The per-batch reductions behind :class:`ActivationHealth`, one dict per layer.
+STAT_KEYS = ("unit_max", "unit_sum", "unit_saturated", "rows", "count", "mean", "m2", "size")
 
 
 @dataclass
@@ -41,30 +51,110 @@ class Batch:
         start: Index of the first input of the batch.
         outputs: The model's outputs, as a list (one array per model output).
         activations: Layer path -> array of shape (batch, ...).
+        stats: Layer path -> per-batch health reductions (see :func:`batch_stats`);
+            empty unless :func:`iter_activations` was asked for them.
     """
 
     start: int
     outputs: list[np.ndarray]
     activations: dict[str, np.ndarray]
+    stats: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def activation_kind(model: keras.Model, path: str) -> str:
     """The name of the function that produced a layer's output (``relu``, ``tanh``...).
 
-    Recurrent layers report ``tanh`` (their hidden state is ``o * tanh(c)``); layers
-    without an activation report ``linear``.
+    Recurrent layers report their cell's activation (``tanh`` by default: the hidden
+    state is ``o * tanh(c)``); layers without an activation report ``linear``.
     """
     layer = layer_info(model, path).layer
-    if isinstance(layer, keras.layers.LSTM | keras.layers.GRU | keras.layers.SimpleRNN):
-        return getattr(layer.cell.activation, "__name__", "tanh")
+    if isinstance(layer, keras.layers.RNN):
+        return getattr(getattr(layer.cell, "activation", None), "__name__", "tanh")
     if isinstance(layer, keras.layers.Softmax):
         return "softmax"
+    if isinstance(layer, keras.layers.Activation | keras.layers.ReLU):
+        return getattr(getattr(layer, "activation", None), "__name__", "relu")
     act = getattr(layer, "activation", None)
     return getattr(act, "__name__", "linear") if act is not None else "linear"
 
 
-def _compiled_forward(model: keras.Model, paths: Sequence[str]):
-    """LayerForward of ``paths`` wrapped in one ``tf.function``, cached per model."""
+def batch_stats(value: tf.Tensor, kind: str = "linear") -> dict[str, tf.Tensor]:
+    """Per-unit and per-layer reductions of one batch of one layer's output.
+
+    A *unit* is one index of the last axis (a conv channel, a dense neuron, a
+    recurrent hidden unit), pooled over the batch and any spatial or time axes.
+    Non-finite values are counted and left out of every other statistic. The layer's
+    spread is kept as a batch mean and sum of squared deviations (``m2``), which
+    :class:`ActivationHealth` merges with the pairwise update of Chan, Golub & LeVeque
+    (1979), so the standard deviation stays accurate over many batches.
+
+    The common case (all values finite, detected from the sums, which NaN and Inf
+    poison) costs three plain reductions; the masked computation runs only for a batch
+    that holds NaN or Inf.
+
+    Args:
+        value: The layer's output, shape (batch, ..., units) or (batch,).
+        kind: The activation function name (see :func:`activation_kind`); decides the
+            saturation zone.
+
+    Returns:
+        A dict with the keys of :data:`STAT_KEYS` (tensors).
+    """
+    value = tf.cast(value, tf.float32)
+    units = tf.reshape(value, (-1, tf.shape(value)[-1])) if value.shape.rank > 1 else value[:, None]
+    size = tf.cast(tf.size(units), tf.float32)
+    # Squares are taken around a value from the batch (the first row's mean), not 0,
+    # so sum(x^2) - sum(x)^2/n does not cancel catastrophically when |mean| >> std.
+    pivot = tf.reduce_mean(units[:1])
+    unit_max = tf.reduce_max(units, axis=0)
+    unit_sum = tf.reduce_sum(units, axis=0)
+    shifted_sq = tf.reduce_sum(tf.square(units - pivot))
+    all_finite = tf.reduce_all(tf.math.is_finite(unit_sum)) & tf.math.is_finite(shifted_sq)
+
+    def plain():
+        total = tf.reduce_sum(unit_sum)
+        shifted = total - pivot * size
+        m2 = tf.maximum(shifted_sq - shifted * shifted / tf.maximum(size, 1.0), 0.0)
+        return unit_max, unit_sum, size, total / tf.maximum(size, 1.0), m2
+
+    def masked():
+        finite = tf.math.is_finite(units)
+        weight = tf.cast(finite, tf.float32)
+        clean = tf.where(finite, units, 0.0)
+        count = tf.reduce_sum(weight)
+        mean = tf.math.divide_no_nan(tf.reduce_sum(clean), count)
+        m2 = tf.reduce_sum(tf.square(clean - mean) * weight)
+        masked_max = tf.reduce_max(tf.where(finite, units, -np.inf), axis=0)
+        return masked_max, tf.reduce_sum(clean, axis=0), count, mean, m2
+
+    unit_max, unit_sum, count, mean, m2 = tf.cond(all_finite, plain, masked)
+    zone = BOUNDED.get(kind)
+    if zone == "tanh":
+        flat = tf.abs(units) > 0.99
+    elif zone == "sigmoid":
+        flat = (units < 0.01) | (units > 0.99)
+    else:
+        flat = None
+    # NaN compares False, so non-finite values never count as saturated.
+    flat_count = (
+        tf.reduce_sum(tf.cast(flat & tf.math.is_finite(units), tf.float32), axis=0)
+        if flat is not None
+        else tf.zeros_like(unit_sum)
+    )
+    return {
+        "unit_max": unit_max,
+        "unit_sum": unit_sum,
+        "unit_saturated": flat_count,
+        "rows": tf.cast(tf.shape(units)[0], tf.float32),
+        "count": count,
+        "mean": mean,
+        "m2": m2,
+        "size": size,
+    }
+
+
+def _compiled_forward(model: keras.Model, paths: Sequence[str], kinds: dict[str, str] | None):
+    """LayerForward of ``paths`` (plus optional health reductions) in one ``tf.function``."""
 
     def build():
         forward = LayerForward(model, paths)
@@ -72,11 +162,43 @@ def _compiled_forward(model: keras.Model, paths: Sequence[str]):
         @tf.function(reduce_retracing=True)
         def run(x):
             outputs, taps = forward(x)
-            return tf.nest.flatten(outputs), taps
+            stats = {p: batch_stats(t, kinds[p]) for p, t in taps.items()} if kinds else {}
+            return tf.nest.flatten(outputs), taps, stats
 
         return run
 
-    return compiled(model, ("activations", tuple(paths)), build)
+    key = ("activations", tuple(paths), tuple(sorted(kinds.items())) if kinds else None)
+    return compiled(model, key, build)
+
+
+def check_inputs(model: keras.Model, inputs: Sequence) -> None:
+    """Raise a one-line error unless ``inputs`` fit the model's inputs.
+
+    Args:
+        model: The model.
+        inputs: One array-like per model input, each of shape (N, ...).
+
+    Raises:
+        KerascopeError: Wrong number of inputs, differing lengths, or a shape mismatch.
+    """
+    expected = list(model.inputs or [])
+    if expected and len(inputs) != len(expected):
+        raise KerascopeError(
+            f"model '{model.name}' takes {len(expected)} inputs but {len(inputs)} were given"
+        )
+    lengths = {len(a) for a in inputs}
+    if len(lengths) > 1:
+        raise KerascopeError(f"inputs have different lengths {sorted(lengths)}; give one per input")
+    for i, (spec, array) in enumerate(zip(expected, inputs, strict=False)):
+        want, got = tuple(spec.shape[1:]), tuple(array.shape[1:])
+        ok = len(want) == len(got) and all(
+            w is None or w == g for w, g in zip(want, got, strict=False)
+        )
+        if not ok:
+            which = f" input {i}" if len(expected) > 1 else ""
+            raise KerascopeError(
+                f"model '{model.name}'{which} expects inputs of shape {want} but got {got}"
+            )
 
 
 def iter_activations(
@@ -84,31 +206,50 @@ def iter_activations(
     x: np.ndarray | Sequence[np.ndarray],
     layers: str | Sequence[str] = "all",
     batch_size: int = 256,
+    *,
+    stats: bool = False,
 ) -> Iterator[Batch]:
     """Stream the activations of the selected layers, one forward pass per batch.
 
+    Every selected layer comes out of the same compiled pass (a
+    :class:`pipeline.graph.LayerForward` inside one ``tf.function``), so cost is one
+    forward per batch however many layers are chosen, and nested models need no
+    sub-model (which Keras 3 refuses with "Graph disconnected").
+
     Args:
         model: A built Sequential or Functional model (nested models are fine).
-        x: Inputs, shape (N, ...); a list of arrays for multi-input models.
+        x: Inputs, shape (N, ...); a list of arrays for multi-input models. Anything
+            sliceable works (an ``h5py.Dataset`` or ``np.memmap`` streams from disk).
         layers: ``"all"``, or names, globs (``conv*``) or class names (``Dense``); see
             :func:`pipeline.graph.resolve_layers`.
         batch_size: Inputs per forward pass.
+        stats: Also compute the per-batch health reductions in the same pass
+            (``Batch.stats``, to feed :meth:`ActivationHealth.merge`).
 
     Yields:
         :class:`Batch` objects in input order. Layers run in inference mode (Dropout is
         the identity, BatchNormalization uses its moving statistics).
+
+    Raises:
+        KerascopeError: Unknown layer (the message lists close matches), or inputs
+            that do not fit the model.
     """
+    if batch_size <= 0:
+        raise KerascopeError(f"batch_size must be positive, got {batch_size}")
     paths = resolve_layers(model, layers)
-    run = _compiled_forward(model, paths)
     inputs = list(x) if isinstance(x, list | tuple) else [x]
+    check_inputs(model, inputs)
+    kinds = {p: activation_kind(model, p) for p in paths} if stats else None
+    run = _compiled_forward(model, paths, kinds)
     n = len(inputs[0])
     for start in range(0, n, batch_size):
-        chunk = [tf.convert_to_tensor(a[start : start + batch_size]) for a in inputs]
-        outputs, taps = run(chunk if len(chunk) > 1 else chunk[0])
+        chunk = [tf.convert_to_tensor(np.asarray(a[start : start + batch_size])) for a in inputs]
+        outputs, taps, batch_reductions = run(chunk if len(chunk) > 1 else chunk[0])
         yield Batch(
             start=start,
             outputs=[o.numpy() for o in outputs],
             activations={p: t.numpy() for p, t in taps.items()},
+            stats={p: {k: v.numpy() for k, v in s.items()} for p, s in batch_reductions.items()},
         )
 
 
@@ -121,6 +262,7 @@ def extract_activations(
     """All activations of the selected layers, concatenated over batches.
 
     A convenience for notebooks; for large inputs stream with :func:`iter_activations`.
+    Warns (``RuntimeWarning``, naming the layer) when a layer outputs NaN or Inf.
 
     Returns:
         Layer path -> array of shape (N, ...).
@@ -129,7 +271,12 @@ def extract_activations(
     for batch in iter_activations(model, x, layers, batch_size):
         for path, value in batch.activations.items():
             parts.setdefault(path, []).append(value)
-    return {path: np.concatenate(values) for path, values in parts.items()}
+    result = {path: np.concatenate(values) for path, values in parts.items()}
+    for path, value in result.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            share = 1.0 - np.isfinite(value).mean()
+            warnings.warn(f"layer '{path}' has {share:.2%} NaN/Inf values", RuntimeWarning, 2)
+    return result
 
 
 @dataclass
@@ -138,12 +285,11 @@ class _LayerAccumulator:
     unit_max: np.ndarray | None = None
     unit_sum: np.ndarray | None = None
     unit_saturated: np.ndarray | None = None
-    unit_count: int = 0
-    total: float = 0.0
-    total_sq: float = 0.0
-    count: int = 0
-    nonfinite: int = 0
-    size: int = 0
+    rows: float = 0.0
+    count: float = 0.0
+    mean: float = 0.0
+    m2: float = 0.0
+    size: float = 0.0
 
 
 @dataclass
@@ -156,10 +302,11 @@ class ActivationHealth:
 
     Rules:
         * dead: the unit's output is never above zero over all inputs and positions
-          (the "dying ReLU" check);
+          (the "dying ReLU" check of Lu et al. 2019, "Dying ReLU and initialization");
         * saturated, bounded activations (tanh, sigmoid, softmax, recurrent states): at
           least 95% of the unit's values are in the flat zone, |a| > 0.99 for tanh,
-          a < 0.01 or a > 0.99 for sigmoid-like functions;
+          a < 0.01 or a > 0.99 for sigmoid-like functions (the saturation Glorot &
+          Bengio 2010 track during training);
         * saturated, unbounded activations (ReLU, linear, ...): the unit's mean is more
           than 4 standard deviations above the layer's mean, i.e. far above the
           layer's typical range;
@@ -172,46 +319,64 @@ class ActivationHealth:
     kinds: dict[str, str]
     layers: dict[str, _LayerAccumulator] = field(default_factory=dict)
 
-    def update(self, activations: dict[str, np.ndarray]) -> None:
-        """Add one batch of activations."""
-        for path, value in activations.items():
+    def update(self, activations: dict[str, np.ndarray]) -> dict[str, int]:
+        """Add one batch of activations given as arrays.
+
+        Returns:
+            Layer path -> number of non-finite values in this batch.
+        """
+        stats = {
+            path: {
+                k: v.numpy()
+                for k, v in batch_stats(tf.constant(value), self.kinds.get(path, "linear")).items()
+            }
+            for path, value in activations.items()
+        }
+        return self.merge(stats)
+
+    def merge(self, stats: dict[str, dict[str, np.ndarray]]) -> dict[str, int]:
+        """Add one batch of reductions from :func:`batch_stats` (or ``Batch.stats``).
+
+        Returns:
+            Layer path -> number of non-finite values in this batch.
+        """
+        nonfinite = {}
+        for path, s in stats.items():
             acc = self.layers.setdefault(path, _LayerAccumulator(self.kinds.get(path, "linear")))
-            value = np.asarray(value, dtype=np.float64)
-            units = value.reshape(-1, value.shape[-1]) if value.ndim > 1 else value[:, None]
-            finite = np.isfinite(units)
-            acc.nonfinite += int(units.size - finite.sum())
-            acc.size += int(units.size)
-            clean = np.where(finite, units, 0.0)
-            low = np.where(finite, units, -np.inf).max(axis=0)
-            acc.unit_max = low if acc.unit_max is None else np.maximum(acc.unit_max, low)
-            sums = clean.sum(axis=0)
-            acc.unit_sum = sums if acc.unit_sum is None else acc.unit_sum + sums
-            zone = BOUNDED.get(acc.kind)
-            if zone == "tanh":
-                sat = (np.abs(clean) > 0.99).sum(axis=0)
-            elif zone == "sigmoid":
-                sat = ((clean < 0.01) | (clean > 0.99)).sum(axis=0)
+            unit_max = np.asarray(s["unit_max"], np.float64)
+            unit_sum = np.asarray(s["unit_sum"], np.float64)
+            unit_sat = np.asarray(s["unit_saturated"], np.float64)
+            if acc.unit_max is None:
+                acc.unit_max, acc.unit_sum, acc.unit_saturated = unit_max, unit_sum, unit_sat
             else:
-                sat = np.zeros(units.shape[1])
-            acc.unit_saturated = sat if acc.unit_saturated is None else acc.unit_saturated + sat
-            acc.unit_count += units.shape[0]
-            acc.total += float(clean.sum())
-            acc.total_sq += float((clean**2).sum())
-            acc.count += int(finite.sum())
+                acc.unit_max = np.maximum(acc.unit_max, unit_max)
+                acc.unit_sum += unit_sum
+                acc.unit_saturated += unit_sat
+            count, mean, m2 = float(s["count"]), float(s["mean"]), float(s["m2"])
+            total = acc.count + count
+            if total:
+                # Chan, Golub & LeVeque (1979): merge two (count, mean, M2) summaries.
+                delta = mean - acc.mean
+                acc.m2 += m2 + delta**2 * acc.count * count / total
+                acc.mean += delta * count / total
+            acc.count = total
+            acc.rows += float(s["rows"])
+            acc.size += float(s["size"])
+            nonfinite[path] = int(round(float(s["size"]) - count))
+        return nonfinite
 
     def _moments(self, acc: _LayerAccumulator) -> tuple[float, float]:
         if not acc.count:
             return float("nan"), float("nan")
-        mean = acc.total / acc.count
-        return mean, float(np.sqrt(max(acc.total_sq / acc.count - mean**2, 0.0)))
+        return acc.mean, float(np.sqrt(max(acc.m2 / acc.count, 0.0)))
 
     def per_unit(self, path: str) -> dict[str, np.ndarray]:
         """Per-unit ``max``, ``mean`` and ``dead``/``saturated`` flags of one layer."""
         acc = self.layers[path]
-        unit_mean = acc.unit_sum / max(acc.unit_count, 1)
+        unit_mean = acc.unit_sum / max(acc.rows, 1.0)
         mean, std = self._moments(acc)
         if acc.kind in BOUNDED:
-            saturated = acc.unit_saturated / max(acc.unit_count, 1) >= SATURATION_SHARE
+            saturated = acc.unit_saturated / max(acc.rows, 1.0) >= SATURATION_SHARE
         elif std > 0:
             saturated = unit_mean > mean + SATURATION_SIGMAS * std
         else:
@@ -234,7 +399,7 @@ class ActivationHealth:
                 "saturated_fraction": float(np.mean(units["saturated"])),
                 "mean": float(mean),
                 "std": std,
-                "nonfinite_fraction": acc.nonfinite / acc.size if acc.size else 0.0,
+                "nonfinite_fraction": (acc.size - acc.count) / acc.size if acc.size else 0.0,
                 "units": int(len(acc.unit_max)),
             }
         return report

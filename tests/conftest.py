@@ -17,6 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHRINK = {
     "data/mnist_sample.yaml": {"limit": 600, "probe_per_class": 1},
     "train/default.yaml": {"epochs": 1, "batch_size": 64},
+    "attribute/default.yaml": {
+        "smoothgrad": {"noise": 0.15, "samples": 4, "reduce": "max"},
+        "integrated_gradients": {"baseline": "zeros", "steps": 8},
+        "faithfulness": {"enabled": True, "steps": 8, "substrate": "blur"},
+        "sanity": {"enabled": True, "max_layers": 2, "threshold": 0.5},
+    },
+    "maximize/default.yaml": {"steps": 24},
+    "render/default.yaml": {"max_inputs": 1, "max_attribution_inputs": 4, "dpi": 60},
 }
 
 
@@ -144,3 +152,21 @@ def write_tiny_project(root, n=40, model=None):
     model.save(params["paths"]["model"])
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return params, x, model
+
+
+@pytest.fixture(scope="session")
+def _baseline_template(tmp_path_factory):
+    """One shrunken repository on which `dvc repro` ran and whose results are committed."""
+    repo = copy_repo(tmp_path_factory.mktemp("baseline") / "repo", SHRINK)
+    run(["dvc", "repro"], repo)
+    run(["git", "add", "-A"], repo)
+    run(["git", "commit", "-qm", "baseline"], repo)
+    return repo
+
+
+@pytest.fixture
+def baseline_repo(_baseline_template, tmp_path):
+    """A private copy of the baseline (git history, DVC cache and outputs included)."""
+    dest = tmp_path / "repo"
+    shutil.copytree(_baseline_template, dest, symlinks=True)
+    return dest

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 import pytest
@@ -25,17 +26,11 @@ def _experiments(repo):
     return found
 
 
-def _baseline(repo):
-    run(["dvc", "repro"], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "baseline"], repo)
-
-
 @pytest.mark.slow
-def test_queued_sweep_runs_in_parallel_and_reuses_untouched_stages(shrunk_repo):
-    repo = shrunk_repo
-    _baseline(repo)
-    run(["dvc", "exp", "run", "--queue", "-S", "train.epochs=2,3"], repo)
+def test_queued_sweep_runs_in_parallel_and_reuses_untouched_stages(baseline_repo):
+    repo = baseline_repo
+    # Sweep a setting of a late stage: the expensive upstream stages must be restored.
+    run(["dvc", "exp", "run", "--queue", "-S", "attribute.faithfulness.steps=4,6"], repo)
     run(["dvc", "queue", "start", "-j", "2"], repo)
     deadline = time.time() + 600
     while time.time() < deadline:
@@ -47,24 +42,42 @@ def test_queued_sweep_runs_in_parallel_and_reuses_untouched_stages(shrunk_repo):
     assert "Failed" not in status, status
     exps = _experiments(repo)
     assert len(exps) == 2, exps.keys()
-    epochs = sorted(e["params"]["params.yaml"]["data"]["train"]["epochs"] for e in exps.values())
-    assert epochs == [2, 3]
+    steps = sorted(
+        e["params"]["params.yaml"]["data"]["attribute"]["faithfulness"]["steps"]
+        for e in exps.values()
+    )
+    assert steps == [4, 6]
     for exp in exps.values():
         live = exp["metrics"]["outputs/live/metrics.json"]
         assert 0.0 <= live["test"]["accuracy"] <= 1.0
-    # The data stage is untouched by the sweep: it is restored, not recomputed.
+        # Every stage's metrics are columns of `dvc exp show`.
+        extract = exp["metrics"]["outputs/metrics/extract.json"]
+        assert 0.0 <= extract["layers"]["conv1"]["dead_fraction"] <= 1.0
+        attribute = exp["metrics"]["outputs/metrics/attribute.json"]
+        assert 0.0 <= attribute["gradcam"]["deletion_auc"] <= 1.0
+        assert "sanity_spearman" in attribute["saliency"]
+        assert exp["metrics"]["outputs/metrics/maximize.json"]["conv2"]["mean_reach_ratio"] > 0
+    # The compare view reads both experiments' cached attributions, side by side.
+    out = run([sys.executable, "-m", "pipeline.compare", "--out", "outputs/compare"], repo)
+    assert "3 experiments" in out.stdout  # the baseline commit and the two members
+    page = (repo / "outputs" / "compare" / "index.html").read_text()
+    for name in exps:
+        assert f"<th>{name}</th>" in page
+    assert (repo / "outputs" / "compare" / "gradcam.png").exists()
+    # Stages the sweep does not touch are restored, not recomputed.
     for name in exps:
         logs = run(["dvc", "queue", "logs", name], repo, check=False).stdout
-        assert "Running stage 'train'" in logs
-        assert "Running stage 'data'" not in logs
+        assert "Running stage 'attribute'" in logs
+        for untouched in ("data", "train", "extract", "maximize"):
+            assert f"Running stage '{untouched}'" not in logs
 
 
 @pytest.mark.slow
-def test_remote_round_trip_recomputes_nothing(shrunk_repo, tmp_path):
-    repo = shrunk_repo
+def test_remote_round_trip_recomputes_nothing(baseline_repo, tmp_path):
+    repo = baseline_repo
     remote = tmp_path / "remote"
     run(["dvc", "remote", "add", "-d", "shared", str(remote)], repo)
-    _baseline(repo)
+    run(["git", "commit", "-qam", "remote"], repo)
     run(["dvc", "push"], repo)
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path)
@@ -77,15 +90,16 @@ def test_remote_round_trip_recomputes_nothing(shrunk_repo, tmp_path):
 
 
 @pytest.mark.slow
-def test_exp_apply_restores_a_run_exactly(shrunk_repo):
-    repo = shrunk_repo
-    _baseline(repo)
-    run(["dvc", "exp", "run", "-n", "longer", "-S", "train.epochs=2"], repo)
-    longer = (repo / "outputs" / "live" / "metrics.json").read_text()
-    model = (repo / "outputs" / "model.keras").read_bytes()
+def test_exp_apply_restores_a_run_exactly(baseline_repo):
+    repo = baseline_repo
+    run(["dvc", "exp", "run", "-n", "longer", "-S", "maximize.steps=8"], repo)
+    metrics = (repo / "outputs" / "metrics" / "maximize.json").read_text()
+    images = (repo / "outputs" / "maximization.h5").read_bytes()
     run(["git", "checkout", "--", "."], repo)
     run(["dvc", "checkout", "--force"], repo)
-    assert (repo / "outputs" / "model.keras").read_bytes() != model
+    assert (repo / "outputs" / "maximization.h5").read_bytes() != images
     run(["dvc", "exp", "apply", "longer"], repo)
-    assert (repo / "outputs" / "live" / "metrics.json").read_text() == longer
-    assert (repo / "outputs" / "model.keras").read_bytes() == model
+    assert (repo / "outputs" / "metrics" / "maximize.json").read_text() == metrics
+    assert (repo / "outputs" / "maximization.h5").read_bytes() == images
+    run(["dvc", "exp", "branch", "longer", "longer-branch"], repo)
+    assert "longer-branch" in run(["git", "branch"], repo).stdout

@@ -16,8 +16,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import LogFormatter  # noqa: E402
 
-plt.rcParams.update({"font.size": 9, "axes.titlesize": 9, "figure.dpi": 100})
+# text.parse_math off: layer and class names come from model files, and a name with "$"
+# would otherwise be parsed as mathtext (garbled, or a ValueError that kills the stage).
+plt.rcParams.update(
+    {"font.size": 9, "axes.titlesize": 9, "figure.dpi": 100, "text.parse_math": False}
+)
+
+
+def _short(text: str, width: int = 60) -> str:
+    """Wrap long names (nested layer paths) so titles never run past the figure."""
+    return "\n".join(textwrap.wrap(str(text), width, break_on_hyphens=False)) or str(text)
 
 
 def _grid(n: int, max_cols: int = 8) -> tuple[int, int]:
@@ -39,6 +49,15 @@ def _show_image(ax, image: np.ndarray, cmap: str = "gray") -> None:
         ax.plot(image)
     ax.set_xticks([])
     ax.set_yticks([])
+
+
+def _elide(text: str, width: int) -> str:
+    """Shorten a long name in the middle, keeping its start and end readable."""
+    text = str(text)
+    if len(text) <= width:
+        return text
+    keep = (width - 1) // 2
+    return f"{text[:keep]}\u2026{text[-keep:]}"
 
 
 def summary_table(rows: Sequence[tuple[str, str, str, int]]) -> Figure:
@@ -67,7 +86,9 @@ def architecture_diagram(
 ) -> Figure:
     """Boxes per layer (name, type, output shape) with arrows along the data flow.
 
-    Drawn with matplotlib only, so no graphviz binary is needed.
+    Drawn with matplotlib only, so no graphviz binary is needed. Boxes are stacked in
+    execution order; an edge between neighbours is a straight arrow, any other edge (a
+    skip connection, a branch) is an arc on the right so it never crosses a box.
 
     Args:
         layers: (path, class name, output shape) in execution order.
@@ -75,26 +96,49 @@ def architecture_diagram(
     """
     n = len(layers)
     edges = list(edges) if edges is not None else [(i, i + 1) for i in range(n - 1)]
-    fig, ax = plt.subplots(figsize=(5.2, 0.75 * n + 0.6))
-    ax.set_xlim(0, 1)
+    skips = [(a, b) for a, b in edges if b != a + 1]
+    fig, ax = plt.subplots(figsize=(5.6 + (0.8 if skips else 0), 0.75 * n + 0.6))
+    ax.set_xlim(0, 1.25 if skips else 1)
     ax.set_ylim(-n + 0.4, 0.8)
     ax.axis("off")
-    palette = {"Conv": "#cfe2f3", "Pool": "#d9ead3", "Dense": "#fce5cd", "LSTM": "#ead1dc"}
+    palette = {
+        "Conv": "#cfe2f3",
+        "Pool": "#d9ead3",
+        "Dense": "#fce5cd",
+        "LSTM": "#ead1dc",
+        "GRU": "#ead1dc",
+        "RNN": "#ead1dc",
+        "Functional": "#fff2cc",
+        "Sequential": "#fff2cc",
+    }
     for i, (path, kind, shape) in enumerate(layers):
         color = next((c for k, c in palette.items() if k in kind), "#eeeeee")
         ax.add_patch(
             plt.Rectangle((0.08, -i - 0.3), 0.84, 0.6, facecolor=color, edgecolor="#555555")
         )
-        ax.text(0.5, -i + 0.08, f"{path}  ({kind})", ha="center", va="center", fontsize=9)
-        ax.text(0.5, -i - 0.15, shape, ha="center", va="center", fontsize=8, color="#333333")
+        label = f"{_elide(path, 44)}  ({kind})"
+        ax.text(0.5, -i + 0.08, label, ha="center", va="center", fontsize=8.5)
+        ax.text(0.5, -i - 0.17, shape, ha="center", va="center", fontsize=8, color="#333333")
     for a, b in edges:
-        ax.annotate(
-            "",
-            xy=(0.5, -b + 0.3),
-            xytext=(0.5, -a - 0.3),
-            arrowprops={"arrowstyle": "->", "color": "#555555"},
-        )
-    ax.set_title("Architecture (execution order)")
+        if b == a + 1:
+            ax.annotate(
+                "",
+                xy=(0.5, -b + 0.3),
+                xytext=(0.5, -a - 0.3),
+                arrowprops={"arrowstyle": "->", "color": "#555555"},
+            )
+        else:
+            ax.annotate(
+                "",
+                xy=(0.92, -b),
+                xytext=(0.92, -a),
+                arrowprops={
+                    "arrowstyle": "->",
+                    "color": "#1a5fb4",
+                    "connectionstyle": f"arc3,rad={-0.25 if b > a else 0.25}",
+                },
+            )
+    ax.set_title("Architecture (execution order; blue arcs: branches and skips)")
     fig.tight_layout()
     return fig
 
@@ -110,7 +154,10 @@ def training_curves(history: dict[str, np.ndarray]) -> Figure:
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no {metric} recorded", ha="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig
 
@@ -147,7 +194,7 @@ def prediction_grid(
     """Probe inputs with true and predicted labels; misclassifications framed in red."""
     n = len(inputs)
     rows, cols = _grid(n, 10)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.45 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.7 * rows + 0.5), squeeze=False)
     predicted = probabilities.argmax(axis=-1)
     for ax in axes.ravel():
         ax.axis("off")
@@ -165,8 +212,8 @@ def prediction_grid(
         for spine in ax.spines.values():
             spine.set_edgecolor("#c00000" if wrong else "#999999")
             spine.set_linewidth(3 if wrong else 0.5)
-    fig.suptitle("Probe set predictions (red: misclassified)")
-    fig.tight_layout()
+    fig.suptitle("Probe set predictions (red: misclassified; images scaled to their own range)")
+    fig.tight_layout(h_pad=0.8)
     return fig
 
 
@@ -190,7 +237,11 @@ def feature_maps(
     channels = min(maps.shape[-1], max_channels)
     rows, cols = _grid(channels, 8)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(1.25 * cols + 0.9, 1.3 * rows + 0.6), squeeze=False
+        rows,
+        cols,
+        figsize=(1.2 * cols + 1.0, 1.25 * rows + 0.5),
+        squeeze=False,
+        layout="constrained",
     )
     lo, hi = float(maps.min()), float(maps.max())
     image = None
@@ -207,70 +258,113 @@ def feature_maps(
             image = ax.imshow(tile, cmap=cmap)
         ax.set_title(f"ch {i}", fontsize=8, pad=2)
     if scale == "shared" and image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.7, label="activation")
+        fig.colorbar(image, ax=axes, shrink=0.6, label="activation")
         suffix = f"shared scale {lo:.2g} to {hi:.2g}"
     else:
         suffix = "each tile scaled to its own range"
     more = f", first {channels} of {maps.shape[-1]} channels" if channels < maps.shape[-1] else ""
-    fig.suptitle(f"{title} ({suffix}{more})")
+    fig.suptitle(_short(f"{title} ({suffix}{more})", 80))
     return fig
 
 
 def dense_activations(
-    acts: np.ndarray, title: str, dead: np.ndarray, saturated: np.ndarray, max_inputs: int = 4
+    acts: np.ndarray,
+    title: str,
+    dead: np.ndarray,
+    saturated: np.ndarray,
+    max_inputs: int = 4,
+    row_labels: Sequence[str] | None = None,
 ) -> Figure:
-    """Activation vectors of a few inputs, and the histogram over the probe set.
+    """Activation vectors of a few inputs, and histograms over the probe set.
 
-    Dead units (never above zero) are marked in grey, saturated ones in red.
+    Dead units (never above zero over the probe set, Lu et al. 2019, "Dying ReLU and
+    initialization") are drawn grey, saturated ones red, in every panel: as bar colours
+    (up to 128 units) or as rug ticks under the line (wider layers), and as stacked
+    classes in the per-unit histogram.
+
+    Args:
+        acts: (N, units) activations of the probe set.
+        title: Figure title.
+        dead: (units,) bool.
+        saturated: (units,) bool.
+        max_inputs: Number of inputs drawn as vectors.
+        row_labels: Label per drawn input (default ``input i``).
     """
     units = acts.shape[-1]
     shown = min(max_inputs, len(acts))
-    fig, axes = plt.subplots(shown + 1, 1, figsize=(8, 1.5 * shown + 2.4))
-    axes = np.atleast_1d(axes)
+    dead = np.asarray(dead, bool)
+    saturated = np.asarray(saturated, bool) & ~dead
+    fig = plt.figure(figsize=(8, 1.3 * shown + 2.6), layout="constrained")
+    grid = fig.add_gridspec(shown + 1, 2, height_ratios=[1] * shown + [1.5])
     x = np.arange(units)
     colors = np.where(dead, "#999999", np.where(saturated, "#c00000", "#1f77b4"))
     for i in range(shown):
-        ax = axes[i]
+        ax = fig.add_subplot(grid[i, :])
         if units <= 128:
             ax.bar(x, acts[i], color=colors, width=0.9)
         else:
-            ax.plot(x, acts[i], lw=0.8)
-        ax.set_ylabel(f"input {i}", fontsize=8)
+            ax.plot(x, acts[i], lw=0.7, color="#1f77b4")
+        # Rug ticks on the axis: a dead unit's bar has zero height, and past 128 units
+        # coloured bars are too thin to see.
+        lo = ax.get_ylim()[0]
+        ax.plot(x[dead], np.full(dead.sum(), lo), "|", color="#999999", ms=6)
+        ax.plot(x[saturated], np.full(saturated.sum(), lo), "|", color="#c00000", ms=6)
+        label = row_labels[i] if row_labels is not None else f"input {i}"
+        ax.set_ylabel(label, fontsize=8)
         ax.set_xlim(-1, units)
         ax.grid(alpha=0.3)
-    axes[shown - 1].set_xlabel("unit")
-    hist = axes[-1]
-    hist.hist(acts.ravel(), bins=50, color="#1f77b4")
-    hist.set_xlabel("activation value (all probe inputs and units)")
-    hist.set_ylabel("count")
-    hist.set_yscale("log")
-    hist.set_title(
-        f"{int(dead.sum())} dead (grey), {int(saturated.sum())} saturated (red) of {units} units",
-        fontsize=8,
+        if i == shown - 1:
+            ax.set_xlabel("unit")
+        else:
+            ax.tick_params(labelbottom=False)
+    values = fig.add_subplot(grid[shown, 0])
+    finite = acts[np.isfinite(acts)]
+    values.hist(finite, bins=50, color="#1f77b4")
+    values.set_xlabel("activation value (all inputs, all units)")
+    values.set_ylabel("count")
+    values.set_yscale("log")
+    # Plain tick labels: the default log formatter writes mathtext, which is off here.
+    values.yaxis.set_major_formatter(LogFormatter())
+    per_unit = fig.add_subplot(grid[shown, 1])
+    means = np.nanmean(np.where(np.isfinite(acts), acts, np.nan), axis=0)
+    alive = ~dead & ~saturated
+    bins = np.histogram_bin_edges(means[np.isfinite(means)], bins=30)
+    per_unit.hist(
+        [means[alive], means[dead], means[saturated]],
+        bins=bins,
+        stacked=True,
+        color=["#1f77b4", "#999999", "#c00000"],
+        label=[f"alive ({alive.sum()})", f"dead ({dead.sum()})", f"saturated ({saturated.sum()})"],
     )
-    fig.suptitle(title)
-    fig.tight_layout()
+    per_unit.set_xlabel("mean activation per unit")
+    per_unit.set_ylabel("units")
+    per_unit.legend(fontsize=7)
+    fig.suptitle(
+        f"{_short(title)}: {int(dead.sum())} dead (grey), {int(saturated.sum())} saturated"
+        f" (red) of {units} units"
+    )
     return fig
 
 
 def recurrent_activations(acts: np.ndarray, title: str, cmap: str = "RdBu_r") -> Figure:
     """Hidden units over time for one input: lines and a heatmap. acts: (T, units)."""
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 5.2))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8.5, 5.4), layout="constrained")
     shown = min(acts.shape[1], 12)
     for u in range(shown):
         top.plot(acts[:, u], lw=1, label=f"unit {u}")
     top.set_xlabel("time step")
     top.set_ylabel("activation")
     top.grid(alpha=0.3)
-    top.legend(ncol=6, fontsize=7, loc="upper right")
+    # Outside the axes: inside, a 12-line legend hides the lines it explains.
+    top.legend(ncol=1, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     top.set_title(f"first {shown} units over time")
     bound = float(np.abs(acts).max()) or 1.0
     image = bottom.imshow(acts.T, aspect="auto", cmap=cmap, vmin=-bound, vmax=bound)
     bottom.set_xlabel("time step")
     bottom.set_ylabel("unit")
-    fig.colorbar(image, ax=bottom, label="activation")
-    fig.suptitle(title)
-    fig.tight_layout()
+    bottom.yaxis.get_major_locator().set_params(integer=True)
+    fig.colorbar(image, ax=bottom, label=f"activation (symmetric scale +/-{bound:.2g})")
+    fig.suptitle(_short(title))
     return fig
 
 
@@ -310,7 +404,7 @@ def projection(
     ax.set_xlabel(axes_names[0])
     ax.set_ylabel(axes_names[1])
     ax.legend(fontsize=7, ncol=2, loc="best")
-    ax.set_title(title)
+    ax.set_title(_short(title, 50))
     fig.tight_layout()
     return fig
 
@@ -335,7 +429,9 @@ def heatmap_overlays(
         alpha: Opacity of the heatmap.
     """
     n = len(inputs)
-    fig, axes = plt.subplots(1, n, figsize=(1.7 * n + 0.8, 2.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, n, figsize=(1.7 * n + 1.0, 2.3), squeeze=False, layout="constrained"
+    )
     image = None
     for i in range(n):
         ax = axes[0, i]
@@ -346,7 +442,7 @@ def heatmap_overlays(
         ax.set_title(f"input {i}", fontsize=8)
     if image is not None:
         fig.colorbar(image, ax=axes, shrink=0.8, label="mean activation / max")
-    fig.suptitle(title)
+    fig.suptitle(_short(title))
     return fig
 
 
@@ -366,7 +462,9 @@ def attribution_grid(
     methods = list(maps)
     n = len(inputs)
     cols = 1 + len(methods)
-    fig, axes = plt.subplots(n, cols, figsize=(1.55 * cols + 0.9, 1.5 * n + 0.6), squeeze=False)
+    fig, axes = plt.subplots(
+        n, cols, figsize=(1.55 * cols + 1.0, 1.5 * n + 0.6), squeeze=False, layout="constrained"
+    )
     image = None
     for r in range(n):
         _show_image(axes[r, 0], inputs[r])
@@ -400,44 +498,96 @@ def attribution_grid(
 
 
 def faithfulness_curves(
-    fractions: np.ndarray, curves: dict[str, tuple[np.ndarray, np.ndarray]]
+    fractions: np.ndarray,
+    curves: dict[str, tuple[np.ndarray, np.ndarray]],
+    aucs: dict[str, tuple[float, float]] | None = None,
 ) -> Figure:
-    """Mean deletion and insertion curves per method, with the random baseline dashed."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, index, name in (
-        (axes[0], 0, "deletion (lower AUC is better)"),
-        (axes[1], 1, "insertion (higher AUC is better)"),
+    """Mean deletion and insertion curves per method, with the random baseline dashed.
+
+    The metrics are those of Petsiuk et al. 2018 (RISE, "Randomized input sampling for
+    explanation of black-box models"): probability of the target class while the most
+    important pixels are removed (deletion) or restored (insertion).
+
+    Args:
+        fractions: (steps+1,) fraction of pixels changed at each step.
+        curves: method -> (deletion (N, steps+1), insertion (N, steps+1)).
+        aucs: method -> (deletion AUC, insertion AUC) as the attribute stage stored them;
+            shown in the legend (read, not recomputed). Default: area under the mean curve.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    lines = []
+    for index, ax, name in (
+        (0, axes[0], "deletion (lower AUC is better)"),
+        (1, axes[1], "insertion (higher AUC is better)"),
     ):
         for method, pair in curves.items():
-            mean = pair[index].mean(axis=0)
-            auc = float(np.trapezoid(mean, fractions))
-            style = "--" if method == "random" else "-"
-            color = "black" if method == "random" else None
-            ax.plot(fractions, mean, style, color=color, label=f"{method} ({auc:.3f})")
+            mean = np.asarray(pair[index]).mean(axis=0)
+            is_random = method == "random"
+            (line,) = ax.plot(
+                fractions,
+                mean,
+                "--" if is_random else "-",
+                color="black" if is_random else None,
+                lw=1.6 if is_random else 1.2,
+            )
+            if index == 0:
+                lines.append((line, method))
         ax.set_xlabel("fraction of pixels removed" if index == 0 else "fraction of pixels inserted")
         ax.set_ylabel("target-class probability")
         ax.set_ylim(0, 1.02)
         ax.grid(alpha=0.3)
         ax.set_title(name)
-        ax.legend(fontsize=7)
+    labels = []
+    for _, method in lines:
+        if aucs and method in aucs:
+            deletion, insertion = aucs[method]
+        else:
+            deletion, insertion = (
+                float(np.trapezoid(np.asarray(curves[method][i]).mean(axis=0), fractions))
+                for i in (0, 1)
+            )
+        labels.append(f"{method} (AUC del {deletion:.3f} / ins {insertion:.3f})")
+    # One legend under both panels: inside the axes it hides the curves.
+    fig.legend(
+        [line for line, _ in lines],
+        labels,
+        loc="upper center",
+        bbox_to_anchor=(0.5, 0.0),
+        ncol=2,
+        fontsize=8,
+        frameon=False,
+    )
     fig.tight_layout()
     return fig
 
 
 def sanity_bars(correlations: dict[str, float], threshold: float) -> Figure:
-    """Spearman correlation with the original maps after full model randomisation."""
+    """Spearman correlation with the original maps after randomising the model.
+
+    The model-parameter randomisation test of Adebayo et al. 2018 ("Sanity checks for
+    saliency maps"): a method whose maps survive randomisation does not explain the model.
+    """
     methods = list(correlations)
     values = [correlations[m] for m in methods]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.3))
     colors = ["#c00000" if abs(v) >= threshold else "#2ca02c" for v in values]
-    ax.bar(range(len(methods)), values, color=colors)
-    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"fail threshold {threshold}")
+    bars = ax.bar(range(len(methods)), values, color=colors)
+    for bar, value in zip(bars, values, strict=True):
+        ax.annotate(
+            f"{value:.2f}",
+            (bar.get_x() + bar.get_width() / 2, value),
+            xytext=(0, 3 if value >= 0 else -10),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+        )
+    ax.axhline(threshold, color="black", ls="--", lw=1, label=f"|rho| = {threshold}: fail above")
     ax.axhline(-threshold, color="black", ls="--", lw=1)
     ax.set_xticks(range(len(methods)), [m.replace("_", "\n") for m in methods], fontsize=8)
     ax.set_ylabel("Spearman rank correlation")
-    ax.set_ylim(-1, 1)
+    ax.set_ylim(-1.1, 1.1)
     ax.set_title("Model randomisation sanity check (red: maps survive randomisation = fail)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right")
     ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     return fig
@@ -453,7 +603,7 @@ def maximization_grid(
     """Optimised images, labelled with the unit (or class) and its reach ratio."""
     n = len(images)
     rows, cols = _grid(n, 8)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.5 * rows + 0.5), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.35 * cols, 1.75 * rows + 0.6), squeeze=False)
     for i, ax in enumerate(axes.ravel()):
         if i >= n:
             ax.axis("off")
@@ -461,7 +611,10 @@ def maximization_grid(
         _show_image(ax, images[i])
         name = labels[i] if labels is not None else f"unit {int(units[i])}"
         ratio = "n/a" if not np.isfinite(reach[i]) else f"{reach[i]:.2f}"
-        ax.set_title(f"{name}\nreach {ratio}", fontsize=8)
-    fig.suptitle(f"{title} (reach = activation reached / best probe input)")
-    fig.tight_layout()
+        ax.set_title(f"{_short(name, 18)}\nreach {ratio}", fontsize=8)
+    fig.suptitle(
+        f"{_short(title)}\n(reach = activation reached / best probe input;"
+        " each image scaled to its own range)"
+    )
+    fig.tight_layout(h_pad=0.8)
     return fig

@@ -16,7 +16,7 @@ body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#2
 header{background:#263238;color:#fff;padding:1em 2em}
 header h1{margin:0;font-size:1.5em}
 nav{position:fixed;top:0;left:0;width:15em;height:100%;overflow-y:auto;background:#eceff1;
-    padding:1em;box-sizing:border-box;font-size:.9em}
+    padding:1em;box-sizing:border-box;font-size:.9em;overflow-wrap:anywhere}
 nav a{color:#1a237e;text-decoration:none}
 nav ol{padding-left:1.2em}
 main{margin-left:15em;padding:1em 2em;max-width:1200px}

@@ -8,29 +8,32 @@ per-layer health metrics to ``<paths.metrics>/extract.json``.
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
+import keras
 import numpy as np
 from tqdm import tqdm
 
 from pipeline.activations import ActivationHealth, activation_kind, iter_activations
-from pipeline.artifacts import (
-    provenance_attrs,
-    read_dataset_info,
-    select_inputs,
-    write_attrs,
-)
+from pipeline.artifacts import provenance_attrs, read_dataset_info, select_inputs, write_attrs
 from pipeline.config import one_of, positive, run_stage, section, to_yaml
 from pipeline.errors import KerascopeError
 from pipeline.graph import list_layers, resolve_layers
-from pipeline.io import atomic_path, file_hash
+from pipeline.io import atomic_path, file_hash, remove_stale
 from pipeline.models import check_input_shape, load_model_file
 
 COMPRESSIONS = ("none", "lzf", "gzip")
+
+#: Target size of one HDF5 chunk: big enough for fast batch writes, small enough that
+#: reading a few inputs (figures, HDFView) does not decompress a whole layer.
+CHUNK_BYTES = 1 << 20
 
 
 @dataclass
@@ -48,11 +51,181 @@ class ExtractConfig:
     fail_on_nonfinite: bool = False
 
 
-def _dataset_name(path: str, model_paths: set[str]) -> str:
+def dataset_name(path: str, model_paths: set[str]) -> str:
     """HDF5 name of a layer path; a nested model's own output goes to ``<path>/_output``."""
     if any(other.startswith(path + "/") for other in model_paths):
         return f"activations/{path}/_output"
     return f"activations/{path}"
+
+
+def default_layers(model: keras.Model, selection: Sequence[str] | None) -> list[str]:
+    """Resolve the config's layer selection; ``all`` leaves out nested models' outputs.
+
+    A nested model's output equals its last inner layer's, so ``all`` keeps only the
+    inner one; ask for the model's path (``base``) explicitly to store it too.
+    """
+    selection = list(selection or ["all"])
+    chosen = resolve_layers(model, selection)
+    if selection == ["all"]:
+        chosen = [p for p in chosen if not any(q.startswith(p + "/") for q in chosen)]
+    return chosen
+
+
+def write_extraction(
+    f: h5py.File,
+    model: keras.Model,
+    x,
+    layers: Sequence[str],
+    *,
+    batch_size: int = 256,
+    compression: str | None = None,
+    fail_on_nonfinite: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Stream ``/inputs``, ``/predictions`` and ``/activations/...`` into an open file.
+
+    Every array goes into a dataset created at its final size, chunked along the input
+    axis and written one batch at a time, so memory holds one batch of every layer.
+
+    Args:
+        f: An HDF5 file open for writing.
+        model: The model.
+        x: Inputs, shape (N, ...); any sliceable array (an ``h5py.Dataset`` streams).
+        layers: Resolved layer paths.
+        batch_size: Inputs per forward pass.
+        compression: ``None``, ``"lzf"`` or ``"gzip"``.
+        fail_on_nonfinite: Raise at the first NaN/Inf instead of warning.
+
+    Returns:
+        The per-layer health summary (:meth:`ActivationHealth.summary`).
+
+    Raises:
+        KerascopeError: A layer output NaN/Inf and ``fail_on_nonfinite`` is set.
+    """
+    infos = {i.path: i for i in list_layers(model)}
+    kinds = {p: activation_kind(model, p) for p in layers}
+    health = ActivationHealth(kinds)
+    n = len(x)
+    datasets: dict[str, h5py.Dataset] = {}
+    warned: set[str] = set()
+    progress = tqdm(
+        total=n, desc="extract", unit="input", disable=None, file=sys.stderr, leave=False
+    )
+    with _BackgroundWriter() as writer:
+        for batch in iter_activations(model, x, layers, batch_size, stats=True):
+            size = len(batch.outputs[0])
+            rows = slice(batch.start, batch.start + size)
+            arrays = _arrays(batch, layers, infos, np.asarray(x[rows]))
+            if not datasets:
+                datasets = {
+                    name: _create(f, name, value, n, batch_size, compression)
+                    for name, value in arrays.items()
+                }
+                _layer_attrs(datasets, batch, layers, infos, kinds)
+            writer.put([(datasets[name], rows, value) for name, value in arrays.items()])
+            for path, bad in health.merge(batch.stats).items():
+                if bad and path not in warned:
+                    warned.add(path)
+                    where = f"inputs {batch.start}..{batch.start + size - 1}"
+                    if fail_on_nonfinite:
+                        raise KerascopeError(
+                            f"layer '{path}' produced {bad} NaN/Inf values in {where}; set "
+                            "extract.fail_on_nonfinite=false to record them anyway"
+                        )
+                    print(
+                        f"WARNING: extract: layer '{path}' produced NaN/Inf in {where}",
+                        file=sys.stderr,
+                    )
+            progress.update(size)
+    progress.close()
+    report = health.summary()
+    for path in warned:
+        share = report[path]["nonfinite_fraction"]
+        print(f"WARNING: extract: layer '{path}' has {share:.2%} NaN/Inf values", file=sys.stderr)
+    return report
+
+
+def _arrays(batch, layers, infos, inputs) -> dict[str, np.ndarray]:
+    arrays = {"inputs": inputs}
+    arrays.update({dataset_name(p, set(infos)): batch.activations[p] for p in layers})
+    if len(batch.outputs) == 1:
+        arrays["predictions"] = batch.outputs[0]
+    else:
+        arrays.update({f"predictions/{i}": out for i, out in enumerate(batch.outputs)})
+    return arrays
+
+
+def _create(f, name: str, value: np.ndarray, n: int, batch_size: int, compression):
+    """A dataset sized for all ``n`` inputs, resizable and chunked along the input axis.
+
+    Chunks hold a divisor of the batch size in rows (up to :data:`CHUNK_BYTES`), so
+    every batch fills whole chunks and HDF5 never reads a chunk back to complete it.
+    """
+    per_item = max(int(np.prod(value.shape[1:])) * value.dtype.itemsize, 1)
+    limit = max(1, CHUNK_BYTES // per_item)
+    rows = max(d for d in range(1, min(batch_size, limit) + 1) if batch_size % d == 0)
+    return f.create_dataset(
+        name,
+        shape=(n, *value.shape[1:]),
+        maxshape=(None, *value.shape[1:]),
+        chunks=(min(rows, n), *value.shape[1:]),
+        dtype=value.dtype,
+        compression=compression,
+    )
+
+
+class _BackgroundWriter:
+    """Write batches to HDF5 in a thread while the next forward pass runs.
+
+    TensorFlow releases the GIL while it computes, so the copy into the file overlaps
+    with the model instead of adding to it. The queue holds at most two batches, which
+    keeps memory bounded; an error in the thread is raised in the caller.
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, daemon=True)
+
+    def __enter__(self) -> _BackgroundWriter:
+        self._thread.start()
+        return self
+
+    def put(self, writes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(writes)
+
+    def _work(self) -> None:
+        while (writes := self._queue.get()) is not None:
+            try:
+                if self._error is None:
+                    for dataset, rows, value in writes:
+                        dataset[rows] = value
+            except BaseException as exc:  # re-raised in the caller's thread
+                self._error = exc
+
+    def __exit__(self, *exc_info) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None and exc_info[0] is None:
+            raise self._error
+
+
+def _layer_attrs(datasets, batch, layers, infos, kinds) -> None:
+    for path in layers:
+        info = infos[path]
+        write_attrs(
+            datasets[dataset_name(path, set(infos))],
+            {
+                "layer_path": path,
+                "class_name": info.class_name,
+                "config_name": info.layer.name,
+                "output_shape": np.asarray(batch.activations[path].shape[1:], dtype=np.int64),
+                "position": info.position,
+                "call_index": info.call_index,
+                "activation": kinds[path],
+            },
+        )
 
 
 def _main(params: dict) -> None:
@@ -60,6 +233,10 @@ def _main(params: dict) -> None:
     positive("extract.batch_size", cfg.batch_size)
     one_of("extract.compression", cfg.compression, COMPRESSIONS)
     paths = params["paths"]
+    metrics_path = Path(paths["metrics"]) / "extract.json"
+    # An old output must not survive a failed run and pass for this config's result.
+    remove_stale(paths["activations"])
+    remove_stale(metrics_path)
     info = read_dataset_info(paths["dataset"])
     inputs = select_inputs(
         paths["dataset"], cfg.source, cfg.count, cfg.indices, cfg.npz_path, cfg.npz_key
@@ -68,18 +245,7 @@ def _main(params: dict) -> None:
         paths["model"], safe_mode=params.get("model", {}).get("safe_mode", True)
     )
     check_input_shape(model, inputs.x.shape[1:])
-    infos = {i.path: i for i in list_layers(model)}
-    selection = cfg.layers or ["all"]
-    chosen = resolve_layers(model, selection)
-    if selection == ["all"]:
-        # A nested model's output equals its last inner layer's: keep only the inner one.
-        chosen = [p for p in chosen if not any(q.startswith(p + "/") for q in chosen)]
-    all_paths = set(infos)
-    kinds = {p: activation_kind(model, p) for p in chosen}
-    health = ActivationHealth(kinds)
-    compression = None if cfg.compression == "none" else cfg.compression
-    n = len(inputs.x)
-    metrics_path = Path(paths["metrics"]) / "extract.json"
+    chosen = default_layers(model, cfg.layers)
     started = time.perf_counter()
     with atomic_path(paths["activations"]) as tmp, h5py.File(tmp, "w") as f:
         write_attrs(f, provenance_attrs("activations", to_yaml(params)))
@@ -92,84 +258,25 @@ def _main(params: dict) -> None:
                 "class_names": info.class_names,
             },
         )
-        f.create_dataset("inputs", data=inputs.x, compression=compression)
         f.create_dataset("labels", data=inputs.y)
         f.create_dataset("index", data=inputs.index)
-        datasets: dict[str, h5py.Dataset] = {}
-        progress = tqdm(
-            total=n, desc="extract", unit="input", disable=None, file=sys.stderr, leave=False
+        report = write_extraction(
+            f,
+            model,
+            inputs.x,
+            chosen,
+            batch_size=cfg.batch_size,
+            compression=None if cfg.compression == "none" else cfg.compression,
+            fail_on_nonfinite=cfg.fail_on_nonfinite,
         )
-        for batch in iter_activations(model, inputs.x, chosen, cfg.batch_size):
-            size = len(batch.outputs[0])
-            if not datasets:
-                datasets = _create(f, batch, chosen, infos, kinds, all_paths, n, compression)
-            for name, value in _arrays(batch, chosen, all_paths).items():
-                datasets[name][batch.start : batch.start + size] = value
-            health.update(batch.activations)
-            progress.update(size)
-        progress.close()
-        report = health.summary()
-        bad = {p: r["nonfinite_fraction"] for p, r in report.items() if r["nonfinite_fraction"]}
-        for path, share in bad.items():
-            print(
-                f"WARNING: extract: layer '{path}' has {share:.2%} NaN/Inf values", file=sys.stderr
-            )
-        if bad and cfg.fail_on_nonfinite:
-            first = next(iter(bad))
-            raise KerascopeError(
-                f"layer '{first}' produced NaN/Inf values ({bad[first]:.2%}); "
-                "set extract.fail_on_nonfinite=false to record them anyway"
-            )
         f.attrs["health"] = json.dumps(report)
     with atomic_path(metrics_path) as tmp:
         tmp.write_text(json.dumps({"layers": report}, indent=2))
     elapsed = time.perf_counter() - started
     print(
-        f"extract: {len(chosen)} layers x {n} inputs in {elapsed:.1f} s -> {paths['activations']}"
+        f"extract: {len(chosen)} layers x {len(inputs.x)} inputs in {elapsed:.1f} s "
+        f"-> {paths['activations']}"
     )
-
-
-def _arrays(batch, chosen, all_paths) -> dict[str, np.ndarray]:
-    arrays = {_dataset_name(p, all_paths): batch.activations[p] for p in chosen}
-    outputs = batch.outputs
-    if len(outputs) == 1:
-        arrays["predictions"] = outputs[0]
-    else:
-        arrays.update({f"predictions/{i}": out for i, out in enumerate(outputs)})
-    return arrays
-
-
-def _create(f, batch, chosen, infos, kinds, all_paths, n, compression):
-    """Create one resizable, chunked dataset per array, sized for all ``n`` inputs."""
-    datasets = {}
-    for name, value in _arrays(batch, chosen, all_paths).items():
-        # Chunks hold one batch of inputs, capped near 1 MiB so readers of a few inputs
-        # (figures, HDFView) do not decompress whole layers.
-        per_item = max(int(np.prod(value.shape[1:])) * value.dtype.itemsize, 1)
-        rows = int(max(1, min(len(value), (1 << 20) // per_item)))
-        datasets[name] = f.create_dataset(
-            name,
-            shape=(n, *value.shape[1:]),
-            maxshape=(None, *value.shape[1:]),
-            chunks=(rows, *value.shape[1:]),
-            dtype=value.dtype,
-            compression=compression,
-        )
-    for path in chosen:
-        info = infos[path]
-        write_attrs(
-            datasets[_dataset_name(path, all_paths)],
-            {
-                "layer_path": path,
-                "class_name": info.class_name,
-                "config_name": info.layer.name,
-                "output_shape": np.asarray(batch.activations[path].shape[1:], dtype=np.int64),
-                "position": info.position,
-                "call_index": info.call_index,
-                "activation": kinds[path],
-            },
-        )
-    return datasets
 
 
 main = run_stage(_main)

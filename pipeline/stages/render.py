@@ -8,6 +8,8 @@ whole ``paths.report`` directory atomically: ``index.html`` and ``figures/``.
 
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import json
 import os
 import subprocess
@@ -20,6 +22,7 @@ from tqdm import tqdm
 
 from pipeline.artifacts import open_artifact, read_json_attr
 from pipeline.config import one_of, positive, run_stage, section, to_yaml
+from pipeline.errors import KerascopeError
 from pipeline.io import atomic_path, file_hash
 from pipeline.render import figures as fig_lib
 from pipeline.render.report import Section, anchor, build_html
@@ -39,6 +42,7 @@ class RenderConfig:
     max_inputs: int = 3
     max_channels: int = 64
     max_attribution_inputs: int = 8
+    max_prediction_inputs: int = 100
     projection: str = "pca"
     projection_min_units: int = 64
     layer_views: dict[str, str] = field(default_factory=dict)
@@ -78,11 +82,20 @@ def _validate(cfg: RenderConfig) -> None:
     one_of("render.projection", cfg.projection, ["pca", "tsne"])
     for fmt in cfg.formats:
         one_of("render format", fmt, ["png", "svg"])
+    # The perceptually uniform and diverging maps first: the hint lists those, not all 170.
+    suggested = ["viridis", "magma", "inferno", "plasma", "cividis", "gray", "RdBu_r", "coolwarm"]
+    colormaps = suggested + sorted(set(matplotlib.colormaps) - set(suggested))
     for key in ("cmap", "attribution_cmap", "overlay_cmap", "diverging_cmap"):
-        one_of(f"render.{key}", getattr(cfg, key), sorted(matplotlib.colormaps))
+        one_of(f"render.{key}", getattr(cfg, key), colormaps)
     for layer, view in cfg.layer_views.items():
         one_of(f"render.layer_views view for '{layer}'", view, LAYER_VIEWS)
-    for key in ("max_inputs", "max_channels", "max_attribution_inputs", "dpi"):
+    for key in (
+        "max_inputs",
+        "max_channels",
+        "max_attribution_inputs",
+        "max_prediction_inputs",
+        "dpi",
+    ):
         positive(f"render.{key}", getattr(cfg, key))
 
 
@@ -102,6 +115,7 @@ def _experiment_name() -> str:
 
 
 def _layer_view(shape: tuple, class_name: str) -> str:
+    """The automatic view of a layer from its output shape (without batch) and type."""
     if class_name in ("LSTM", "GRU", "SimpleRNN") and len(shape) == 2:
         return "recurrent"
     if len(shape) == 3:
@@ -111,9 +125,72 @@ def _layer_view(shape: tuple, class_name: str) -> str:
     return "dense"
 
 
+def choose_view(overrides: dict[str, str], path: str, class_name: str, shape: tuple) -> str:
+    """The view of one layer: an override by exact path, then by glob, then by class name.
+
+    Args:
+        overrides: ``render.layer_views``: key = layer path, glob (``base/block*``) or
+            layer class name (``Dense``); value = a view of :data:`LAYER_VIEWS`.
+        path: The layer path.
+        class_name: The layer's class name.
+        shape: The layer's output shape without the batch axis.
+
+    Returns:
+        A view other than ``auto``.
+    """
+    view = overrides.get(path)
+    if view is None:
+        globbed = [v for k, v in overrides.items() if fnmatch.fnmatchcase(path, k)]
+        view = globbed[0] if globbed else overrides.get(class_name, "auto")
+    if view == "auto":
+        view = _layer_view(shape, class_name)
+    # A view that cannot draw this shape falls back to the generic flattened view.
+    if view == "conv" and len(shape) != 3 or view == "recurrent" and len(shape) != 2:
+        view = "dense"
+    return view
+
+
+def _edges(model, infos) -> list[tuple[int, int]]:
+    """Data-flow edges between :func:`list_layers` entries, from the Keras graph.
+
+    A nested model's box feeds its first inner layers, and its consumers are fed by
+    its last inner layer, so the arrows follow the data through the nested model.
+    """
+    from pipeline.graph import _graph_of, _node_names
+
+    index = {info.path: i for i, info in enumerate(infos)}
+    exits = {}
+    for i, info in enumerate(infos):
+        inner = [j for j, other in enumerate(infos) if other.path.startswith(info.path + "/")]
+        if inner:
+            exits[i] = max(inner)
+    edges: set[tuple[int, int]] = set()
+
+    def visit(graph, prefix: str, owner: int | None) -> None:
+        names = {id(node): f"{prefix}{local}" for node, local, _ in _node_names(graph)}
+        for node, local, _ in _node_names(graph):
+            here = index.get(f"{prefix}{local}")
+            if here is None:
+                continue
+            parents = [index.get(names.get(id(p))) for p in node.parent_nodes]
+            parents = [exits.get(i, i) for i in parents if i is not None]
+            if not parents and owner is not None:
+                parents = [owner]
+            edges.update((i, here) for i in parents)
+            inner = _graph_of(node.operation) if hasattr(node.operation, "layers") else None
+            if inner is not None:
+                visit(inner, f"{prefix}{local}/", here)
+
+    try:
+        visit(_graph_of(model), "", None)
+    except Exception:  # a diagram is not worth failing the report for: draw a chain
+        return [(i, i + 1) for i in range(len(infos) - 1)]
+    return sorted(edges)
+
+
 def _model_section(sec: Section, writer: FigureWriter, model_path: Path, safe_mode: bool) -> str:
     if not model_path.exists():
-        sec.text(f"Model file {model_path} not found: run the train stage.")
+        sec.text(f"Model: not computed ({model_path} not found; run the train stage).")
         return "not computed"
     from pipeline.graph import list_layers
     from pipeline.models import load_model_file
@@ -127,13 +204,16 @@ def _model_section(sec: Section, writer: FigureWriter, model_path: Path, safe_mo
     sec.table(["layer", "type", "output shape", "parameters"], [list(r) for r in rows])
     sec.figure(writer.save(fig_lib.summary_table(rows), "model_summary"), "Model summary")
     boxes = [(info.path, info.class_name, str(info.output_shape)) for info in infos]
-    sec.figure(writer.save(fig_lib.architecture_diagram(boxes), "architecture"), "Architecture")
+    sec.figure(
+        writer.save(fig_lib.architecture_diagram(boxes, _edges(model, infos)), "architecture"),
+        "Architecture: layers in execution order, arrows along the data flow",
+    )
     return file_hash(model_path)
 
 
 def _training_section(sec: Section, writer: FigureWriter, path: Path, probe) -> None:
     if not path.exists():
-        sec.text("Training outputs not found: run the train stage.")
+        sec.text("Training: not computed (no evaluation output; run the train stage).")
         return
     with open_artifact(path, "evaluation", "train") as f:
         history = {k: f["history"][k][()] for k in f.get("history", {})}
@@ -163,19 +243,51 @@ def _training_section(sec: Section, writer: FigureWriter, path: Path, probe) -> 
         )
 
 
+def _unit_flags(data, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Dead and saturated flags per unit, by the extract stage's own rules.
+
+    Flags stored by extract (dataset attrs ``dead_units``/``saturated_units``) are used
+    as they are; otherwise :class:`pipeline.activations.ActivationHealth` applies the
+    same rules to the stored activations, so the figure and the health table agree.
+    """
+    if "dead_units" in data.attrs and "saturated_units" in data.attrs:
+        dead = np.asarray(data.attrs["dead_units"], bool)
+        saturated = np.asarray(data.attrs["saturated_units"], bool)
+        if dead.shape == saturated.shape == flat.shape[1:]:
+            return dead, saturated
+    from pipeline.activations import ActivationHealth
+
+    path = str(data.attrs["layer_path"])
+    health = ActivationHealth({path: str(data.attrs.get("activation", "linear"))})
+    health.update({path: flat})
+    units = health.per_unit(path)
+    return units["dead"], units["saturated"]
+
+
 def _activation_section(
     sec: Section, writer: FigureWriter, path: Path, cfg: RenderConfig, progress
 ):
     if not path.exists():
-        sec.text("Activations not found: run the extract stage.")
+        sec.text("Activations: not computed (no extract output; run the extract stage).")
         return None
     with open_artifact(path, "activations", "extract") as f:
-        inputs = f["inputs"][()]
-        labels = f["labels"][()]
+        labels = f["labels"][()] if "labels" in f else None
         classes = read_json_attr(f, "class_names") or []
+        n_inputs = len(f["index"]) if "index" in f else len(f["inputs"])
+        if labels is None:
+            labels = np.full(n_inputs, -1)
+        shown = min(cfg.max_inputs, n_inputs)
+        # Only the first few inputs are drawn: never load a whole 10,000-input layer
+        # for a figure that shows three of them.
+        inputs = f["inputs"][:shown] if "inputs" in f else None
         predictions = (
             f["predictions"][()]
             if "predictions" in f and hasattr(f["predictions"], "shape")
+            else None
+        )
+        probe_inputs = (
+            f["inputs"][: cfg.max_prediction_inputs]
+            if "inputs" in f and predictions is not None
             else None
         )
         health = json.loads(f.attrs.get("health", "{}"))
@@ -184,6 +296,7 @@ def _activation_section(
             lambda name, obj: layers.append(obj) if "layer_path" in obj.attrs else None
         )
         layers.sort(key=lambda d: int(d.attrs["position"]))
+        progress.reset(total=len(layers))
         rows = [
             [d.attrs["layer_path"], d.attrs["class_name"], str(tuple(d.shape[1:]))]
             + [
@@ -198,54 +311,70 @@ def _activation_section(
             ]
             for d in layers
         ]
+        sec.text(
+            f"{n_inputs} inputs from the '{f.attrs.get('source', '?')}' split; figures show "
+            f"the first {shown}. Fractions are of units (dead: never above zero; saturated: "
+            "see the README)."
+        )
         sec.table(
             ["layer", "type", "shape", "dead", "saturated", "mean", "std", "NaN/Inf"],
             rows,
-            "Activation health over the extracted inputs",
+            "Activation health over the extracted inputs (from the extract stage)",
         )
-        shown = min(cfg.max_inputs, len(inputs))
+
+        def row_label(i: int) -> str:
+            if labels[i] >= 0 and labels[i] < len(classes):
+                return f"input {i} (true {classes[labels[i]]})"
+            return f"input {i}"
+
         for data in layers:
             layer = str(data.attrs["layer_path"])
             shape = tuple(data.shape[1:])
-            view = cfg.layer_views.get(layer, "auto")
-            if view == "auto":
-                view = _layer_view(shape, str(data.attrs["class_name"]))
+            view = choose_view(cfg.layer_views, layer, str(data.attrs["class_name"]), shape)
+            progress.update(1)
             if view == "skip":
                 continue
             sec.heading(layer, anchor("layer", layer))
-            acts = data[()]
-            if view == "conv" and len(shape) == 3:
+            if view == "conv":
+                acts = data[:shown]
                 for i in range(shown):
                     fig = fig_lib.feature_maps(
-                        acts[i], f"{layer}, input {i}", cfg.cmap, cfg.color_scale, cfg.max_channels
+                        acts[i],
+                        f"{layer}, {row_label(i)}",
+                        cfg.cmap,
+                        cfg.color_scale,
+                        cfg.max_channels,
                     )
                     sec.figure(
-                        writer.save(fig, f"act_{layer}_{i}"), f"{layer}: feature maps of input {i}"
+                        writer.save(fig, f"act_{layer}_{i}"),
+                        f"{layer}: feature maps of {row_label(i)}",
                     )
-                if inputs.ndim == 4:
+                if inputs is not None and inputs.ndim == 4:
                     fig = fig_lib.heatmap_overlays(
-                        inputs[:shown],
-                        acts[:shown],
+                        inputs,
+                        acts,
                         f"{layer}: mean activation over the input",
                         cfg.overlay_cmap,
                     )
                     sec.figure(writer.save(fig, f"overlay_{layer}"), f"{layer}: heatmap overlay")
-            elif view == "recurrent" and len(shape) == 2:
-                fig = fig_lib.recurrent_activations(
-                    acts[0], f"{layer}, input 0", cfg.diverging_cmap
-                )
-                sec.figure(writer.save(fig, f"act_{layer}"), f"{layer}: units over time")
-            else:
-                flat = acts.reshape(len(acts), -1)
-                dead = flat.max(axis=0) <= 0
-                mean = flat.mean(axis=0)
-                saturated = (
-                    mean > flat.mean() + 4 * flat.std() if flat.std() > 0 else np.zeros_like(dead)
-                )
-                if view != "projection":
-                    fig = fig_lib.dense_activations(flat, layer, dead, saturated, shown)
+            elif view == "recurrent":
+                for i in range(shown):
+                    fig = fig_lib.recurrent_activations(
+                        data[i], f"{layer}, {row_label(i)}", cfg.diverging_cmap
+                    )
                     sec.figure(
-                        writer.save(fig, f"act_{layer}"), f"{layer}: activations and histogram"
+                        writer.save(fig, f"act_{layer}_{i}"),
+                        f"{layer}: units over time, {row_label(i)}",
+                    )
+            else:
+                flat = data[()].reshape(len(data), -1)
+                if view == "dense":
+                    dead, saturated = _unit_flags(data, flat)
+                    fig = fig_lib.dense_activations(
+                        flat, layer, dead, saturated, shown, [row_label(i) for i in range(shown)]
+                    )
+                    sec.figure(
+                        writer.save(fig, f"act_{layer}"), f"{layer}: activations and histograms"
                     )
                 if (
                     (view == "projection" or flat.shape[1] >= cfg.projection_min_units)
@@ -253,27 +382,29 @@ def _activation_section(
                     and classes
                 ):
                     fig = fig_lib.projection(
-                        acts,
+                        flat,
                         labels,
                         classes,
-                        f"{layer}: {cfg.projection.upper()} of the probe set",
+                        f"{layer}: {cfg.projection.upper()} of {len(flat)} inputs",
                         cfg.projection,
                     )
                     sec.figure(
                         writer.save(fig, f"proj_{layer}"),
                         f"{layer}: 2-D projection coloured by class",
                     )
-            progress.update(1)
-    probs = predictions if predictions is not None and predictions.ndim == 2 else None
-    return (inputs, labels, probs) if probs is not None else None
+    if predictions is None or predictions.ndim != 2 or probe_inputs is None:
+        return None
+    k = len(probe_inputs)
+    return probe_inputs, labels[:k], predictions[:k]
 
 
 def _attribution_section(sec: Section, writer: FigureWriter, path: Path, cfg: RenderConfig) -> None:
     if not path.exists():
-        sec.text("Attributions not found: run the attribute stage.")
+        sec.text("Attributions: not computed (no attribute output; run the attribute stage).")
         return
     with open_artifact(path, "attributions", "attribute") as f:
-        n = min(cfg.max_attribution_inputs, len(f["inputs"]))
+        n_all = len(f["inputs"])
+        n = min(cfg.max_attribution_inputs, n_all)
         inputs = f["inputs"][:n]
         targets = f["targets"][:n]
         classes = read_json_attr(f, "class_names") or [
@@ -296,15 +427,25 @@ def _attribution_section(sec: Section, writer: FigureWriter, path: Path, cfg: Re
         if "faithfulness" in f:
             group = f["faithfulness"]
             fractions = group.attrs["fractions"]
-            curves = {m: (group[m]["deletion"][()], group[m]["insertion"][()]) for m in group}
+            names = [m for m in [*order, "random"] if m in group]
+            names += [m for m in group if m not in names]
+            curves = {m: (group[m]["deletion"][()], group[m]["insertion"][()]) for m in names}
+            aucs = {
+                m: (float(group[m].attrs["deletion_auc"]), float(group[m].attrs["insertion_auc"]))
+                for m in names
+                if "deletion_auc" in group[m].attrs and "insertion_auc" in group[m].attrs
+            }
             sec.heading("Deletion and insertion", "faithfulness")
             sec.figure(
-                writer.save(fig_lib.faithfulness_curves(fractions, curves), "faithfulness"),
-                f"Substrate: {group.attrs.get('substrate', '?')}; legend: AUC",
+                writer.save(fig_lib.faithfulness_curves(fractions, curves, aucs), "faithfulness"),
+                f"Mean curves over {n_all} inputs; substrate: "
+                f"{group.attrs.get('substrate', '?')}; legend: mean AUC stored by the attribute "
+                "stage",
             )
         if "sanity" in f:
             sanity = f["sanity"]
-            finals = {m: float(sanity[m][()][-1]) for m in sanity}
+            names = [m for m in order if m in sanity] + [m for m in sanity if m not in order]
+            finals = {m: float(sanity[m][()][-1]) for m in names}
             sec.heading("Randomisation sanity check", "sanity")
             sec.figure(
                 writer.save(
@@ -316,9 +457,12 @@ def _attribution_section(sec: Section, writer: FigureWriter, path: Path, cfg: Re
 
 def _maximization_section(sec: Section, writer: FigureWriter, path: Path, classes) -> None:
     if not path.exists():
-        sec.text("Feature visualizations not found: run the maximize stage.")
+        sec.text(
+            "Feature visualization: not computed (no maximize output; run the maximize stage)."
+        )
         return
     with open_artifact(path, "maximization", "maximize") as f:
+        classes = classes or read_json_attr(f, "class_names")
         groups = []
         f.visititems(lambda name, obj: groups.append(obj) if "layer_path" in obj.attrs else None)
         for group in groups:
@@ -347,8 +491,28 @@ def _metrics_section(sec: Section, metrics_dir: Path, live_dir: Path) -> None:
             sec.text(f"{file}: not computed.")
             continue
         flat = _flatten(json.loads(file.read_text()))
-        sec.heading(str(file), anchor("metrics", file.stem, file.parent.name))
+        sec.heading(
+            f"{file.parent.name}/{file.name}", anchor("metrics", file.parent.name, file.stem)
+        )
         sec.table(["metric", "value"], [[k, v] for k, v in flat.items()])
+
+
+def _artifact_hashes(paths: dict, model_hash: str, data_hash: str) -> list[list[str]]:
+    rows = []
+    for key, kind, stage in (
+        ("activations", "activations", "extract"),
+        ("attributions", "attributions", "attribute"),
+        ("maximization", "maximization", "maximize"),
+    ):
+        if not paths[key].exists():
+            rows.append([key, "not computed", "not computed", "-"])
+            continue
+        with open_artifact(paths[key], kind, stage) as f:
+            model = str(f.attrs.get("model_hash", "unknown"))
+            data = str(f.attrs.get("data_hash", "unknown"))
+        same = model == model_hash and data == data_hash
+        rows.append([key, model, data, "yes" if same else "NO: stale artifact"])
+    return rows
 
 
 def _flatten(data, prefix: str = "") -> dict:
@@ -362,6 +526,19 @@ def _flatten(data, prefix: str = "") -> dict:
     return out
 
 
+@contextlib.contextmanager
+def _layout(path: Path, stage: str):
+    """Turn a missing dataset or attribute of an upstream file into a one-line error."""
+    try:
+        yield
+    except KeyError as err:
+        detail = str(err).strip("'\"")
+        raise KerascopeError(
+            f"'{path}' does not have the expected layout ({detail}); "
+            f"run `dvc repro {stage}` to rebuild it"
+        ) from None
+
+
 def _main(params: dict) -> None:
     cfg = section(params, "render", RenderConfig)
     _validate(cfg)
@@ -373,17 +550,21 @@ def _main(params: dict) -> None:
         model_sec = Section("Model", "model")
         model_hash = _model_section(model_sec, writer, paths["model"], safe_mode)
         act_sec = Section("Activations", "activations")
-        probe = _activation_section(act_sec, writer, paths["activations"], cfg, progress)
+        with _layout(paths["activations"], "extract"):
+            probe = _activation_section(act_sec, writer, paths["activations"], cfg, progress)
         train_sec = Section("Training", "training")
-        _training_section(train_sec, writer, paths["evaluation"], probe)
+        with _layout(paths["evaluation"], "train"):
+            _training_section(train_sec, writer, paths["evaluation"], probe)
         attr_sec = Section("Attributions", "attributions")
-        _attribution_section(attr_sec, writer, paths["attributions"], cfg)
+        with _layout(paths["attributions"], "attribute"):
+            _attribution_section(attr_sec, writer, paths["attributions"], cfg)
         max_sec = Section("Feature visualization", "feature-visualization")
         classes = None
         if paths["evaluation"].exists():
             with open_artifact(paths["evaluation"], "evaluation", "train") as f:
                 classes = read_json_attr(f, "class_names")
-        _maximization_section(max_sec, writer, paths["maximization"], classes)
+        with _layout(paths["maximization"], "maximize"):
+            _maximization_section(max_sec, writer, paths["maximization"], classes)
         metrics_sec = Section("Metrics", "metrics")
         _metrics_section(metrics_sec, paths["metrics"], paths["live"])
         prov = Section("Provenance", "provenance")
@@ -400,6 +581,14 @@ def _main(params: dict) -> None:
                 ["data hash", data_hash],
             ],
         )
+        prov.heading("Inputs of each artifact", "provenance-artifacts")
+        prov.table(
+            ["artifact", "model hash", "data hash", "matches current"],
+            _artifact_hashes(paths, model_hash, data_hash),
+            "Hashes each tensor artifact recorded when it was written: a mismatch means "
+            "it was computed from another model or data set than the ones above.",
+        )
+        prov.heading("Configuration (params.yaml as resolved)", "provenance-config")
         prov.pre(to_yaml(params))
         model_name = params.get("model", {}).get("name", "?")
         data_name = params.get("data", {}).get("name", "?")
