@@ -9,9 +9,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.scores import check_targets, compiled, forward, target_score
+from pipeline.attribution.scores import (
+    check_targets,
+    compile_step,
+    forward,
+    run_batched,
+    spec,
+    target_score,
+)
 from pipeline.errors import KerascopeError
-from pipeline.graph import list_layers
+from pipeline.graph import layer_info, list_layers
 
 SUBSTRATES = ("zeros", "blur", "mean")
 
@@ -51,14 +58,47 @@ def substrate(x: np.ndarray, kind: str = "blur", sigma: float = 5.0) -> np.ndarr
     raise KerascopeError(f"invalid substrate '{kind}'; valid: {', '.join(SUBSTRATES)}")
 
 
-def _probability_fn(model):
+def _curve_step(model: keras.Model, shape: tuple, feature_shape: tuple, steps: int):
+    """Compiled ``(x, substrate, rank, targets) -> (deletion, insertion)`` curves.
+
+    The perturbed inputs of every step are built in the graph from the feature ranks,
+    so a batch of ``b`` inputs is one forward pass over ``2 b (steps + 1)`` inputs.
+    """
+
     def build():
         fwd = forward(model, "logits")
-        return tf.function(
-            lambda b, t: target_score(tf.nn.softmax(fwd(b)[0]), t), reduce_retracing=True
-        )
+        per_feature = len(feature_shape) < len(shape)  # images: a pixel spans its channels
+        counts = np.round(np.linspace(0.0, 1.0, steps + 1) * np.prod(feature_shape))
+        counts = counts.astype(np.int32)
 
-    return compiled(model, ("target_probability",), build)
+        def step(batch, base, rank, target):
+            top = rank[:, None, :] < counts[None, :, None]  # (b, steps + 1, features)
+            top = tf.reshape(top, (-1, steps + 1, *feature_shape))
+            if per_feature:
+                top = top[..., None]
+            xs, bs = batch[:, None], base[:, None]
+            perturbed = tf.concat(
+                [tf.where(top, bs, xs), tf.where(top, xs, bs)], axis=1
+            )  # (b, 2 (steps + 1), ...): deletion then insertion
+            flat = tf.reshape(perturbed, (-1, *shape))
+            probs = tf.nn.softmax(fwd(flat)[0])
+            values = target_score(probs, tf.repeat(target, 2 * (steps + 1)))
+            values = tf.reshape(values, (-1, 2, steps + 1))
+            return values[:, 0], values[:, 1]
+
+        return step
+
+    return compile_step(
+        model,
+        ("deletion_insertion", shape, feature_shape, steps),
+        build,
+        [
+            spec(shape),
+            spec(shape),
+            spec((int(np.prod(feature_shape)),), tf.int32),
+            spec((), tf.int32),
+        ],
+    )
 
 
 def _feature_mask_shape(x: np.ndarray) -> tuple:
@@ -93,7 +133,8 @@ def deletion_insertion(
             of shape (N, T) rank whole time steps.
         steps: Number of deletion/insertion steps.
         substrate_kind: ``zeros``, ``blur`` or ``mean``.
-        batch_size: Perturbed inputs per forward pass.
+        batch_size: Perturbed inputs per forward pass (deletion and insertion of
+            ``batch_size / (2 (steps + 1))`` inputs at a time, at least one).
 
     Returns:
         :class:`DeletionInsertion`.
@@ -102,43 +143,27 @@ def deletion_insertion(
     if steps <= 0:
         raise KerascopeError(f"faithfulness steps must be positive, got {steps}")
     maps = np.asarray(maps, dtype=np.float32)
-    feature_shape = maps.shape[1:]
-    if x.ndim == 3 and maps.ndim == 2:
-        feature_shape = maps.shape[1:]
+    x = np.asarray(x, np.float32)
+    feature_shape = tuple(maps.shape[1:])
+    valid = [x.shape[1:3]] if x.ndim == 4 else [x.shape[1:], x.shape[1:2]]
+    if len(maps) != len(x) or feature_shape not in [tuple(v) for v in valid]:
+        raise KerascopeError(
+            f"attribution maps of shape {maps.shape} do not fit inputs of shape {x.shape}"
+        )
     n_features = int(np.prod(feature_shape))
     base = substrate(x, substrate_kind)
     fractions = np.linspace(0.0, 1.0, steps + 1)
-    counts = np.round(fractions * n_features).astype(int)
     # rank[i, j] = position of feature j in input i's descending order.
     order = np.argsort(-maps.reshape(len(x), -1), axis=1, kind="stable")
     rank = np.empty_like(order)
     np.put_along_axis(rank, order, np.arange(n_features)[None].repeat(len(x), 0), axis=1)
-    prob = _probability_fn(model)
-    curves = {"deletion": np.zeros((len(x), steps + 1)), "insertion": np.zeros((len(x), steps + 1))}
-    per_step = max(1, batch_size // (steps + 1))
-    for a in range(0, len(x), per_step):
-        b = min(a + per_step, len(x))
-        top = rank[a:b][:, None, :] < counts[None, :, None]  # (n, steps+1, features)
-        top = top.reshape(b - a, steps + 1, *feature_shape)
-        if x.ndim == 4 or (x.ndim == 3 and maps.ndim == 2):
-            top = top[..., None]
-        xs, bs = x[a:b][:, None], base[a:b][:, None]
-        for name, perturbed in (
-            ("deletion", np.where(top, bs, xs)),
-            ("insertion", np.where(top, xs, bs)),
-        ):
-            flat = perturbed.reshape(-1, *x.shape[1:]).astype(np.float32)
-            t = np.repeat(targets[a:b], steps + 1)
-            values = np.concatenate(
-                [
-                    prob(
-                        tf.convert_to_tensor(flat[i : i + batch_size]),
-                        tf.constant(t[i : i + batch_size]),
-                    ).numpy()
-                    for i in range(0, len(flat), batch_size)
-                ]
-            )
-            curves[name][a:b] = values.reshape(b - a, steps + 1)
+    fn = _curve_step(model, x.shape[1:], feature_shape, steps)
+    deletion, insertion = run_batched(
+        fn,
+        [x, base.astype(np.float32), rank.astype(np.int32), targets],
+        max(1, batch_size // (2 * (steps + 1))),
+    )
+    curves = {"deletion": deletion, "insertion": insertion}
     auc = {k: np.trapezoid(v, fractions, axis=1) for k, v in curves.items()}
     return DeletionInsertion(
         fractions, curves["deletion"], curves["insertion"], auc["deletion"], auc["insertion"]
@@ -180,6 +205,7 @@ def randomization_sanity(
     *,
     max_layers: int | None = None,
     seed: int = 0,
+    original: np.ndarray | None = None,
 ) -> tuple[list[str], np.ndarray]:
     """Cascading model-parameter randomisation (Adebayo et al. 2018).
 
@@ -198,26 +224,35 @@ def randomization_sanity(
         method: ``method(model, x, targets) -> maps``.
         max_layers: Randomise at most this many layers (None: all with weights).
         seed: Seed of the random weights.
+        original: The maps of the unmodified model, if already computed.
 
     Returns:
         The randomised layer paths in cascade order, and the mean Spearman correlation
         after each step (same length).
     """
     targets = check_targets(model, targets, len(x))
-    original = method(model, x, targets)
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
+    if original is None:
+        original = method(model, x, targets)
+    try:
+        clone = keras.models.clone_model(model)
+        clone.set_weights(model.get_weights())
+    except Exception as exc:  # noqa: BLE001 - any cloning failure means the same to users
+        raise KerascopeError(
+            f"cannot copy model '{model.name}' for the randomisation check "
+            f"({type(exc).__name__}); set attribute.sanity.enabled=false"
+        ) from None
     layers = randomizable_layers(clone)[: max_layers or None]
     if not layers:
         raise KerascopeError(f"model '{model.name}' has no layer with weights to randomise")
-    from pipeline.graph import layer_info
-
     rng = np.random.default_rng(seed)
     correlations = []
     for path in layers:
         layer = layer_info(clone, path).layer
         for weight in layer.weights:
+            if "moving_" in weight.path:
+                continue  # running statistics (BatchNorm) are not learned parameters
             value = weight.numpy()
+            # Same scale as the trained weights, so activations keep a sensible range.
             scale = float(value.std()) or 0.05
             weight.assign(rng.normal(0.0, scale, value.shape).astype(value.dtype))
         randomized = method(clone, x, targets)

@@ -8,7 +8,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.scores import batches, check_targets, compiled, forward, target_score
+from pipeline.attribution.scores import (
+    check_targets,
+    compile_step,
+    forward,
+    run_batched,
+    spec,
+    target_score,
+)
 from pipeline.errors import KerascopeError
 from pipeline.graph import is_spatial, last_spatial_layer, layer_info
 
@@ -46,56 +53,98 @@ def cam_layer(model: keras.Model, layer: str | None) -> str:
     return layer
 
 
-def layer_and_gradients(model, x, targets, layer, score, batch_size, powers=1):
-    """Activations A of ``layer`` and d score / d A for every input, in one compiled step."""
+def check_cam_shapes(model: keras.Model, layer: str, input_shape: tuple) -> None:
+    """Raise a one-line error if ``layer``'s map cannot be laid over the input.
 
+    2-D maps (h, w) go over images; 1-D maps over time (T) go over sequences, or over
+    the rows of an image (for models that read image rows as time steps).
+    """
+    shape = layer_info(model, layer).output_shape
+    if shape is None or len(shape) not in (2, 3):
+        raise KerascopeError(
+            f"layer '{layer}' has output shape {shape}; class activation maps need a "
+            "(time, channels) or (height, width, channels) output"
+        )
+    if len(shape) == 3 and len(input_shape) != 3:
+        raise KerascopeError(
+            f"layer '{layer}' has a 2-D output {shape} but the inputs are sequences "
+            f"{tuple(input_shape)}; choose a layer with a time axis"
+        )
+
+
+def upsample_tf(raw, input_shape: tuple):
+    """Resize raw maps to the input's size with bilinear interpolation (graph op).
+
+    Temporal maps (n, T) over an image input are stretched along the rows and repeated
+    across the columns.
+    """
+    if len(input_shape) == 3:
+        height, width = input_shape[:2]
+        if raw.shape.rank == 3:
+            return tf.image.resize(raw[..., None], (height, width))[..., 0]
+        rows = tf.image.resize(raw[:, :, None, None], (height, 1))[..., 0]
+        return tf.repeat(rows, width, axis=2)
+    return tf.image.resize(raw[:, :, None, None], (input_shape[0], 1))[:, :, 0, 0]
+
+
+def upsample(raw: np.ndarray, input_shape: tuple) -> np.ndarray:
+    """NumPy front end of :func:`upsample_tf`, for maps computed elsewhere."""
+    if len(input_shape) != 3 and raw.ndim != 2:
+        raise KerascopeError("a 2-D class activation map cannot be laid over a sequence input")
+    return upsample_tf(tf.constant(raw, tf.float32), tuple(input_shape)).numpy()
+
+
+def combine(acts, weights):
+    """ReLU of the channel-weighted sum of activations: (n, ..., K) x (n, K) -> (n, ...)."""
+    shape = tf.concat([tf.shape(weights)[:1], tf.ones(acts.shape.rank - 2, tf.int32), [-1]], 0)
+    return tf.nn.relu(tf.reduce_sum(acts * tf.reshape(weights, shape), axis=-1))
+
+
+def _cam_weights(variant: str, acts, grads):
+    """Channel weights of Grad-CAM or Grad-CAM++ from activations and their gradients."""
+    axes = list(range(1, acts.shape.rank - 1))
+    if variant == "gradcam":
+        # Selvaraju et al. eq. 1: global-average-pooled gradients.
+        return tf.reduce_mean(grads, axis=axes)
+    # Chattopadhay et al. eq. 19, closed form for an exponential score:
+    # alpha = g^2 / (2 g^2 + sum(A) g^3), weights = sum(alpha * relu(g)).
+    g2, g3 = grads**2, grads**3
+    denominator = 2.0 * g2 + tf.reduce_sum(acts, axis=axes, keepdims=True) * g3
+    alphas = tf.math.divide_no_nan(g2, denominator)
+    return tf.reduce_sum(alphas * tf.nn.relu(grads), axis=axes)
+
+
+def _cam_step(model, layer, score, input_shape, variant):
     def build():
         fwd = forward(model, score, [layer])
 
-        @tf.function(reduce_retracing=True)
         def step(batch, target):
             with tf.GradientTape() as tape:
                 outputs, taps = fwd(batch)
                 value = target_score(outputs, target)
             acts = taps[layer]
-            return acts, tape.gradient(value, acts), value
+            grads = tape.gradient(value, acts)
+            raw = combine(acts, _cam_weights(variant, acts, grads))
+            return raw, upsample_tf(raw, input_shape)
 
         return step
 
-    fn = compiled(model, ("layer_gradients", layer, score), build)
-    acts, grads, values = [], [], []
-    for a, b in batches(len(x), batch_size):
-        act, grad, value = fn(tf.convert_to_tensor(x[a:b], tf.float32), tf.constant(targets[a:b]))
-        acts.append(act.numpy())
-        grads.append(grad.numpy())
-        values.append(value.numpy())
-    return np.concatenate(acts), np.concatenate(grads), np.concatenate(values)
+    return compile_step(
+        model,
+        (variant, layer, score, input_shape),
+        build,
+        [spec(input_shape), spec((), tf.int32)],
+    )
 
 
-def upsample(raw: np.ndarray, input_shape: tuple) -> np.ndarray:
-    """Resize raw maps to the input's spatial size with bilinear interpolation.
-
-    Temporal maps (N, T) over an image input are stretched along the rows and repeated
-    across the columns (for models that read image rows as time steps).
-    """
-    if len(input_shape) == 3:
-        height, width = input_shape[:2]
-        grid = raw if raw.ndim == 3 else raw[:, :, None]
-        resized = tf.image.resize(
-            grid[..., None], (height, grid.shape[2] if raw.ndim == 2 else width)
-        )
-        resized = resized.numpy()[..., 0]
-        return np.repeat(resized, width, axis=2) if raw.ndim == 2 else resized
-    steps = input_shape[0]
-    if raw.ndim != 2:
-        raise KerascopeError("a 2-D class activation map cannot be laid over a sequence input")
-    return tf.image.resize(raw[:, :, None, None], (steps, 1)).numpy()[:, :, 0, 0]
-
-
-def _combine(acts: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ReLU of the channel-weighted sum of activations: (N, ..., K) x (N, K) -> (N, ...)."""
-    shape = (len(weights),) + (1,) * (acts.ndim - 2) + (weights.shape[-1],)
-    return np.maximum((acts * weights.reshape(shape)).sum(axis=-1), 0.0)
+def _cam(variant, model, x, targets, layer, score, batch_size) -> CamResult:
+    targets = check_targets(model, targets, len(x))
+    layer = cam_layer(model, layer)
+    x = np.asarray(x, np.float32)
+    check_cam_shapes(model, layer, x.shape[1:])
+    fn = _cam_step(model, layer, score, x.shape[1:], variant)
+    raw, maps = run_batched(fn, [x, targets], batch_size)
+    return CamResult(raw, maps, layer)
 
 
 def gradcam(
@@ -123,13 +172,7 @@ def gradcam(
     Returns:
         :class:`CamResult` with raw and upsampled maps.
     """
-    targets = check_targets(model, targets, len(x))
-    layer = cam_layer(model, layer)
-    acts, grads, _ = layer_and_gradients(model, x, targets, layer, score, batch_size)
-    axes = tuple(range(1, acts.ndim - 1))
-    weights = grads.mean(axis=axes)
-    raw = _combine(acts, weights)
-    return CamResult(raw, upsample(raw, x.shape[1:]), layer)
+    return _cam("gradcam", model, x, targets, layer, score, batch_size)
 
 
 def gradcam_plus_plus(
@@ -149,14 +192,4 @@ def gradcam_plus_plus(
 
     Args and returns as :func:`gradcam`.
     """
-    targets = check_targets(model, targets, len(x))
-    layer = cam_layer(model, layer)
-    acts, grads, _ = layer_and_gradients(model, x, targets, layer, score, batch_size)
-    axes = tuple(range(1, acts.ndim - 1))
-    g2, g3 = grads**2, grads**3
-    summed = acts.sum(axis=axes, keepdims=True)
-    denominator = 2.0 * g2 + summed * g3
-    alphas = g2 / np.where(denominator != 0.0, denominator, 1.0)
-    weights = (alphas * np.maximum(grads, 0.0)).sum(axis=axes)
-    raw = _combine(acts, weights)
-    return CamResult(raw, upsample(raw, x.shape[1:]), layer)
+    return _cam("gradcam_plus_plus", model, x, targets, layer, score, batch_size)

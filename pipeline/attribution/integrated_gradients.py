@@ -11,8 +11,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.saliency import input_gradients
-from pipeline.attribution.scores import check_targets, compiled, forward, is_image, target_score
+from pipeline.attribution.saliency import gradient_step
+from pipeline.attribution.scores import check_targets, compile_step, is_image, run_batched, spec
 from pipeline.errors import KerascopeError
 
 BASELINES = ("zeros", "blur", "uniform")
@@ -62,13 +62,38 @@ def make_baseline(
     raise KerascopeError(f"invalid baseline '{kind}'; valid: {', '.join(BASELINES)}")
 
 
-def _scores(model, x, targets, score):
-    def build():
-        fwd = forward(model, score)
-        return tf.function(lambda b, t: target_score(fwd(b)[0], t), reduce_retracing=True)
+def _ig_step(model: keras.Model, shape: tuple, score: str, steps: int):
+    """Compiled ``(batch, baseline, targets) -> (attributions, score(x) - score(baseline))``.
 
-    fn = compiled(model, ("scores", score), build)
-    return fn(tf.convert_to_tensor(x, tf.float32), tf.constant(targets)).numpy()
+    Every path point of the batch goes through one gradient pass; the path integral is
+    the trapezoidal rule over ``steps`` intervals, so the end points come for free.
+    """
+
+    def build():
+        grad = gradient_step(model, shape, score)
+        expand = (1,) * len(shape)
+        alphas = np.linspace(0.0, 1.0, steps + 1, dtype=np.float32).reshape(1, -1, *expand)
+        weights = np.full(steps + 1, 1.0 / steps, dtype=np.float32)
+        weights[[0, -1]] *= 0.5  # trapezoidal rule
+        weights = weights.reshape(1, -1, *expand)
+
+        def step(batch, base, target):
+            delta = batch - base
+            path = base[:, None] + alphas * delta[:, None]
+            grads, values = grad(tf.reshape(path, (-1, *shape)), tf.repeat(target, steps + 1))
+            grads = tf.reshape(grads, (-1, steps + 1, *shape))
+            values = tf.reshape(values, (-1, steps + 1))
+            avg = tf.reduce_sum(grads * weights, axis=1)
+            return avg * delta, values[:, -1] - values[:, 0]
+
+        return step
+
+    return compile_step(
+        model,
+        ("integrated_gradients", score, shape, steps),
+        build,
+        [spec(shape), spec(shape), spec((), tf.int32)],
+    )
 
 
 def integrated_gradients(
@@ -84,8 +109,9 @@ def integrated_gradients(
 ) -> IntegratedGradients:
     """Integrated Gradients along the straight path from a baseline to each input.
 
-    The path integral is approximated with the trapezoidal rule over ``steps``
-    intervals; all path points of a batch go through one compiled gradient step.
+    Sundararajan, Taly & Yan (2017), "Axiomatic Attribution for Deep Networks". The path
+    integral is approximated with the trapezoidal rule over ``steps`` intervals; all
+    path points of a batch go through one compiled gradient step.
 
     Args:
         model: A classifier.
@@ -103,22 +129,12 @@ def integrated_gradients(
     if steps <= 0:
         raise KerascopeError(f"integrated_gradients.steps must be positive, got {steps}")
     targets = check_targets(model, targets, len(x))
+    x = np.asarray(x, np.float32)
     base = make_baseline(x, baseline, seed)
-    alphas = np.linspace(0.0, 1.0, steps + 1, dtype=np.float32)
-    weights = np.full(steps + 1, 1.0 / steps, dtype=np.float32)
-    weights[[0, -1]] *= 0.5  # trapezoidal rule
-    attributions = np.zeros_like(x, dtype=np.float32)
-    per_step = max(1, batch_size // (steps + 1))
-    for a in range(0, len(x), per_step):
-        b = min(a + per_step, len(x))
-        delta = x[a:b] - base[a:b]
-        path = base[a:b][:, None] + alphas[None, :, *([None] * (x.ndim - 1))] * delta[:, None]
-        flat = path.reshape(-1, *x.shape[1:])
-        grads = input_gradients(model, flat, np.repeat(targets[a:b], steps + 1), score, len(flat))
-        grads = grads.reshape(b - a, steps + 1, *x.shape[1:])
-        avg = np.tensordot(weights, np.moveaxis(grads, 1, 0), axes=1)
-        attributions[a:b] = avg * delta
-    difference = _scores(model, x, targets, score) - _scores(model, base, targets, score)
+    fn = _ig_step(model, x.shape[1:], score, steps)
+    attributions, difference = run_batched(
+        fn, [x, base, targets], max(1, batch_size // (steps + 1))
+    )
     total = attributions.reshape(len(x), -1).sum(axis=1)
     maps = attributions.sum(axis=-1) if is_image(x) else attributions
     return IntegratedGradients(attributions, maps, total - difference, difference)

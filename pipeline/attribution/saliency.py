@@ -7,15 +7,36 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.attribution.scores import (
-    batches,
+    check_reduce,
     check_targets,
-    compiled,
+    compile_step,
     forward,
     is_image,
     reduce_channels,
+    run_batched,
+    spec,
     target_score,
 )
 from pipeline.errors import KerascopeError
+
+
+def gradient_step(model: keras.Model, shape: tuple, score: str):
+    """The compiled ``(batch, targets) -> (d score / d batch, score)`` step for ``model``."""
+
+    def build():
+        fwd = forward(model, score)
+
+        def step(batch, target):
+            with tf.GradientTape() as tape:
+                tape.watch(batch)
+                value = target_score(fwd(batch)[0], target)
+            return tape.gradient(value, batch), value
+
+        return step
+
+    return compile_step(
+        model, ("input_gradients", score, shape), build, [spec(shape), spec((), tf.int32)]
+    )
 
 
 def input_gradients(
@@ -27,26 +48,9 @@ def input_gradients(
         Gradients with the shape of ``x``.
     """
     targets = check_targets(model, targets, len(x))
-
-    def build():
-        fwd = forward(model, score)
-
-        @tf.function(reduce_retracing=True)
-        def grad(batch, target):
-            with tf.GradientTape() as tape:
-                tape.watch(batch)
-                outputs, _ = fwd(batch)
-                value = target_score(outputs, target)
-            return tape.gradient(value, batch)
-
-        return grad
-
-    fn = compiled(model, ("input_gradients", score), build)
-    out = [
-        fn(tf.convert_to_tensor(x[a:b], tf.float32), tf.constant(targets[a:b])).numpy()
-        for a, b in batches(len(x), batch_size)
-    ]
-    return np.concatenate(out)
+    x = np.asarray(x, np.float32)
+    fn = gradient_step(model, x.shape[1:], score)
+    return run_batched(fn, [x, targets], batch_size)[0]
 
 
 def saliency(
@@ -74,8 +78,31 @@ def saliency(
     Returns:
         Maps (N, H, W) for images, (N, T, F) for sequences.
     """
+    check_reduce(reduce)
     grads = np.abs(input_gradients(model, x, targets, score, batch_size))
     return reduce_channels(grads, reduce, is_image(x))
+
+
+def _smoothgrad_step(model: keras.Model, shape: tuple, score: str, samples: int):
+    """Compiled ``(batch, targets, noise) -> mean |gradient|`` over ``samples`` noisy copies."""
+
+    def build():
+        grad = gradient_step(model, shape, score)
+
+        def step(batch, target, noise):
+            # (b, S, ...) -> (b * S, ...): all noisy copies of a batch in one gradient pass.
+            noisy = tf.reshape(batch[:, None] + noise, (-1, *shape))
+            grads, _ = grad(noisy, tf.repeat(target, samples))
+            return tf.reduce_mean(tf.reshape(tf.abs(grads), (-1, samples, *shape)), axis=1)
+
+        return step
+
+    return compile_step(
+        model,
+        ("smoothgrad", score, shape, samples),
+        build,
+        [spec(shape), spec((), tf.int32), spec((samples, *shape))],
+    )
 
 
 def smoothgrad(
@@ -104,7 +131,8 @@ def smoothgrad(
         noise: Noise level as a fraction of the input's value range.
         samples: Noisy copies per input.
         reduce: ``max`` or ``mean`` over channels.
-        seed: Seed of the noise.
+        seed: Seed of the noise. Input ``i`` always gets the same noise, whatever the
+            batch size.
         batch_size: Noisy inputs per compiled step.
 
     Returns:
@@ -112,19 +140,24 @@ def smoothgrad(
     """
     if samples <= 0 or noise < 0:
         raise KerascopeError(f"smoothgrad needs samples > 0 and noise >= 0, got {samples}, {noise}")
+    check_reduce(reduce)
     targets = check_targets(model, targets, len(x))
-    rng = np.random.default_rng(seed)
+    x = np.asarray(x, np.float32)
     axes = tuple(range(1, x.ndim))
     span = (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True)).astype(np.float32)
-    total = np.zeros_like(x, dtype=np.float32)
-    # Tile each input `samples` times so one compiled step handles many noisy copies.
+    fn = _smoothgrad_step(model, x.shape[1:], score, samples)
     per_step = max(1, batch_size // samples)
-    for a, b in batches(len(x), per_step):
-        chunk = np.repeat(x[a:b], samples, axis=0)
-        sigma = np.repeat(span[a:b], samples, axis=0) * noise
-        noisy = chunk + rng.standard_normal(chunk.shape).astype(np.float32) * sigma
-        grads = np.abs(
-            input_gradients(model, noisy, np.repeat(targets[a:b], samples), score, len(noisy))
-        )
-        total[a:b] = grads.reshape(b - a, samples, *x.shape[1:]).mean(axis=1)
+    out = []
+    for a in range(0, len(x), per_step):
+        b = min(a + per_step, len(x))
+        # One generator per input: its noise does not depend on how inputs are batched.
+        eps = np.stack(
+            [
+                np.random.default_rng([seed, i]).standard_normal((samples, *x.shape[1:]))
+                for i in range(a, b)
+            ]
+        ).astype(np.float32)
+        sigma = (span[a:b] * noise)[:, None]
+        out.append(fn(tf.constant(x[a:b]), tf.constant(targets[a:b]), tf.constant(eps * sigma)))
+    total = np.concatenate([o.numpy() for o in out])
     return reduce_channels(total, reduce, is_image(x))

@@ -9,38 +9,61 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.gradcam import CamResult, _combine, cam_layer, upsample
-from pipeline.attribution.scores import batches, check_targets, compiled, forward, target_score
+from pipeline.attribution.gradcam import (
+    CamResult,
+    cam_layer,
+    check_cam_shapes,
+    combine,
+    upsample_tf,
+)
+from pipeline.attribution.scores import (
+    check_targets,
+    compile_step,
+    forward,
+    run_batched,
+    spec,
+    target_score,
+)
 from pipeline.errors import KerascopeError
+from pipeline.graph import layer_info
 
 
-def _layer_activations(model, x, layer, batch_size):
+def _scorecam_step(model, layer, input_shape, keep):
     def build():
         fwd = forward(model, "logits", [layer])
-        return tf.function(lambda b: fwd(b)[1][layer], reduce_retracing=True)
 
-    fn = compiled(model, ("layer", layer), build)
-    return np.concatenate(
-        [
-            fn(tf.convert_to_tensor(x[a:b], tf.float32)).numpy()
-            for a, b in batches(len(x), batch_size)
-        ]
-    )
+        def step(batch, target):
+            acts = fwd(batch)[1][layer]  # (b, ..., K)
+            channels = acts.shape[-1]
+            axes = list(range(1, acts.shape.rank - 1))
+            # The `keep` channels with the highest mean activation, per input.
+            top = tf.math.top_k(tf.reduce_mean(acts, axis=axes), keep).indices  # (b, keep)
+            chosen = tf.gather(acts, top, axis=-1, batch_dims=1)  # (b, ..., keep)
+            perm = [0, acts.shape.rank - 1, *axes]
+            chosen = tf.reshape(tf.transpose(chosen, perm), (-1, *acts.shape[1:-1]))
+            masks = upsample_tf(chosen, input_shape)  # (b * keep, H, W) or (b * keep, T)
+            # Each mask is scaled to [0, 1] (Wang et al. eq. 3's normalisation).
+            m_axes = list(range(1, masks.shape.rank))
+            lo = tf.reduce_min(masks, axis=m_axes, keepdims=True)
+            hi = tf.reduce_max(masks, axis=m_axes, keepdims=True)
+            masks = tf.math.divide_no_nan(masks - lo, hi - lo)
+            # One mask value per position, shared by all its channels (features).
+            masked = tf.repeat(batch, keep, axis=0) * masks[..., None]
+            logits = fwd(masked)[0]
+            probs = target_score(tf.nn.softmax(logits), tf.repeat(target, keep))
+            # Softmax of the channels' scores, as in the paper's reference code.
+            weights = tf.nn.softmax(tf.reshape(probs, (-1, keep)), axis=1)
+            full = tf.reduce_sum(tf.one_hot(top, channels) * weights[..., None], axis=1)
+            raw = combine(acts, full)
+            return raw, upsample_tf(raw, input_shape)
 
+        return step
 
-def _probabilities(model, x, targets, batch_size):
-    def build():
-        fwd = forward(model, "logits")
-        return tf.function(
-            lambda b, t: target_score(tf.nn.softmax(fwd(b)[0]), t), reduce_retracing=True
-        )
-
-    fn = compiled(model, ("target_probability",), build)
-    return np.concatenate(
-        [
-            fn(tf.convert_to_tensor(x[a:b], tf.float32), tf.constant(targets[a:b])).numpy()
-            for a, b in batches(len(x), batch_size)
-        ]
+    return compile_step(
+        model,
+        ("scorecam", layer, input_shape, keep),
+        build,
+        [spec(input_shape), spec((), tf.int32)],
     )
 
 
@@ -55,10 +78,11 @@ def scorecam(
 ) -> CamResult:
     """Score-CAM: weight each channel by the target probability of the input it masks.
 
-    Each channel's map is upsampled to the input, scaled to [0, 1] and multiplied with
-    the input; the softmax probability of the target on that masked input is the
-    channel's score, and the scores' softmax over channels weights the activations
-    (Wang et al. 2020). Gradient-free, so it needs no differentiable path.
+    Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu (2020). Each channel's map is
+    upsampled to the input, scaled to [0, 1] and multiplied with the input; the softmax
+    probability of the target on that masked input is the channel's score, and the
+    scores' softmax over channels weights the activations. Gradient-free, so it needs
+    no differentiable path.
 
     Args:
         model: A classifier.
@@ -67,7 +91,8 @@ def scorecam(
         layer: Layer path; default: the last layer with a spatial (or time) output.
         max_channels: Use only this many channels per input, those with the highest
             mean activation (a speed/fidelity trade-off); None uses all.
-        batch_size: Masked inputs per compiled forward pass.
+        batch_size: Masked inputs per compiled step (inputs per step = this divided by
+            the number of channels used, at least 1).
 
     Returns:
         :class:`CamResult`.
@@ -76,28 +101,10 @@ def scorecam(
     layer = cam_layer(model, layer)
     if max_channels is not None and max_channels <= 0:
         raise KerascopeError(f"scorecam.max_channels must be positive, got {max_channels}")
-    acts = _layer_activations(model, x, layer, batch_size)
-    n, channels = len(x), acts.shape[-1]
-    keep = channels if max_channels is None else min(max_channels, channels)
-    spatial_axes = tuple(range(1, acts.ndim - 1))
-    order = np.argsort(-acts.mean(axis=spatial_axes), axis=1)[:, :keep]
-    weights = np.zeros((n, channels), np.float32)
-    per_step = max(1, batch_size // keep)
-    for a, b in batches(n, per_step):
-        # (inputs, ..., keep) -> (inputs * keep, ...): every kept channel of every input.
-        index = order[a:b].reshape((b - a,) + (1,) * len(spatial_axes) + (keep,))
-        chosen = np.take_along_axis(acts[a:b], index, axis=-1)
-        chosen = np.moveaxis(chosen, -1, 1).reshape(((b - a) * keep,) + acts.shape[1:-1])
-        masks = upsample(chosen, x.shape[1:])
-        flat = masks.reshape(len(masks), -1)
-        lo, hi = flat.min(axis=1), flat.max(axis=1)
-        shape = (len(masks),) + (1,) * (masks.ndim - 1)
-        masks = (masks - lo.reshape(shape)) / np.where(hi > lo, hi - lo, 1.0).reshape(shape)
-        masked = np.repeat(x[a:b], keep, axis=0) * masks[..., None]
-        probs = _probabilities(
-            model, masked.astype(np.float32), np.repeat(targets[a:b], keep), batch_size
-        ).reshape(b - a, keep)
-        soft = np.exp(probs - probs.max(axis=1, keepdims=True))
-        np.put_along_axis(weights[a:b], order[a:b], soft / soft.sum(axis=1, keepdims=True), axis=1)
-    raw = _combine(acts, weights)
-    return CamResult(raw, upsample(raw, x.shape[1:]), layer)
+    x = np.asarray(x, np.float32)
+    check_cam_shapes(model, layer, x.shape[1:])
+    channels = int(layer_info(model, layer).output_shape[-1])
+    keep = channels if max_channels is None else min(int(max_channels), channels)
+    fn = _scorecam_step(model, layer, x.shape[1:], keep)
+    raw, maps = run_batched(fn, [x, targets], max(1, batch_size // keep))
+    return CamResult(raw, maps, layer)

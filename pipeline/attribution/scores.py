@@ -1,6 +1,8 @@
-"""Target scores shared by the attribution methods, and compiled-function caching."""
+"""Target scores shared by the attribution methods, and compiled-step helpers."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -46,14 +48,39 @@ def check_targets(model: keras.Model, targets, n: int) -> np.ndarray:
     return targets
 
 
+def spec(shape: Sequence[int], dtype=tf.float32) -> tf.TensorSpec:
+    """A batch of ``shape`` with any batch size (so a last, smaller batch never retraces)."""
+    return tf.TensorSpec((None, *shape), dtype)
+
+
+def compile_step(
+    model: keras.Model, key: tuple, build: Callable[[], Callable], signature: Sequence
+) -> Callable:
+    """A ``tf.function`` of ``build()``, compiled once per ``(model, key)`` and reused.
+
+    A fixed input signature with a free batch axis means one trace per model and
+    option set, whatever the batch sizes. Autograph is off: the steps have no Python
+    control flow on tensors, and converting Keras' layer code costs most of a trace.
+    """
+    return compiled(
+        model,
+        key,
+        lambda: tf.function(build(), input_signature=list(signature), autograph=False),
+    )
+
+
 def predicted_classes(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The model's predicted class per input (the default attribution target)."""
-    fn = compiled(model, ("predict",), lambda: tf.function(lambda b: model(b, training=False)))
+    fn = compile_step(
+        model,
+        ("predict", x.shape[1:]),
+        lambda: lambda b: tf.argmax(model(b, training=False), axis=-1, output_type=tf.int32),
+        [spec(x.shape[1:])],
+    )
     preds = [
-        np.argmax(fn(tf.convert_to_tensor(x[i : i + batch_size])).numpy(), -1)
-        for i in range(0, len(x), batch_size)
+        fn(tf.convert_to_tensor(x[a:b], tf.float32)).numpy() for a, b in batches(len(x), batch_size)
     ]
-    return np.concatenate(preds).astype(np.int32)
+    return np.concatenate(preds).astype(np.int32) if preds else np.zeros(0, np.int32)
 
 
 def target_score(outputs, targets):
@@ -66,11 +93,16 @@ def reduce_channels(grads: np.ndarray, how: str = "max", image: bool = True) -> 
 
     Sequences (N, T, F) are returned as they are: every feature is its own row.
     """
-    if how not in ("max", "mean"):
-        raise KerascopeError(f"invalid channel reduction '{how}'; valid: max, mean")
+    check_reduce(how)
     if not image:
         return grads
     return grads.max(axis=-1) if how == "max" else grads.mean(axis=-1)
+
+
+def check_reduce(how: str) -> None:
+    """Raise a one-line error unless ``how`` is a channel reduction we know."""
+    if how not in ("max", "mean"):
+        raise KerascopeError(f"invalid channel reduction '{how}'; valid: max, mean")
 
 
 def is_image(x: np.ndarray) -> bool:
@@ -80,5 +112,22 @@ def is_image(x: np.ndarray) -> bool:
 
 def batches(n: int, batch_size: int):
     """Start/stop pairs covering ``range(n)``."""
-    for start in range(0, n, batch_size):
-        yield start, min(start + batch_size, n)
+    for start in range(0, n, max(1, int(batch_size))):
+        yield start, min(start + max(1, int(batch_size)), n)
+
+
+def run_batched(fn: Callable, arrays: Sequence[np.ndarray], batch_size: int):
+    """Call a compiled step on consecutive slices of ``arrays``; concatenate its outputs.
+
+    Returns:
+        One array if the step returns one tensor, else a tuple of arrays.
+    """
+    results = []
+    for a, b in batches(len(arrays[0]), batch_size):
+        out = fn(*[tf.convert_to_tensor(arr[a:b]) for arr in arrays])
+        results.append(
+            tuple(o.numpy() for o in out) if isinstance(out, tuple | list) else out.numpy()
+        )
+    if results and isinstance(results[0], tuple):
+        return tuple(np.concatenate(parts) for parts in zip(*results, strict=True))
+    return np.concatenate(results)

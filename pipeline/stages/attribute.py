@@ -269,6 +269,7 @@ def _main(params: dict) -> None:
                     _maps_fn(method, method_options(cfg, method)),
                     max_layers=cfg.sanity.max_layers,
                     seed=seed,
+                    original=all_maps[method],
                 )
                 data = f.create_dataset(f"sanity/{method}", data=corr)
                 write_attrs(data, {"layers": layers})
