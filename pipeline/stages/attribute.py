@@ -121,8 +121,8 @@ def _validate(cfg: AttributeConfig) -> None:
         )
 
 
-def method_options(cfg: AttributeConfig, method: str) -> dict:
-    """Keyword options of one method from the config."""
+def method_options(cfg: AttributeConfig, method: str, seed: int = 0) -> dict:
+    """Keyword options of one method from the config (``seed``: the noisy methods')."""
     common = {"batch_size": cfg.batch_size}
     if method == "saliency":
         return {**common, "score": cfg.score, "reduce": cfg.saliency.reduce}
@@ -134,10 +134,17 @@ def method_options(cfg: AttributeConfig, method: str) -> dict:
             "noise": sg.noise,
             "samples": sg.samples,
             "reduce": sg.reduce,
+            "seed": seed,
         }
     if method == "integrated_gradients":
         ig = cfg.integrated_gradients
-        return {**common, "score": cfg.score, "baseline": ig.baseline, "steps": ig.steps}
+        return {
+            **common,
+            "score": cfg.score,
+            "baseline": ig.baseline,
+            "steps": ig.steps,
+            "seed": seed,
+        }
     if method in ("gradcam", "gradcam_plus_plus"):
         return {**common, "score": cfg.score, "layer": cfg.layer}
     return {**common, "layer": cfg.layer, "max_channels": cfg.scorecam.max_channels}
@@ -213,7 +220,7 @@ def _main(params: dict) -> None:
         faith = f.create_group("faithfulness")
         all_maps = {}
         for method in cfg.methods:
-            options = method_options(cfg, method)
+            options = method_options(cfg, method, seed)
             progress.set_postfix_str(method)
             result = METHODS[method](model, x, targets, **options)
             group = f.create_group(f"methods/{method}")
@@ -266,7 +273,7 @@ def _main(params: dict) -> None:
                     model,
                     x,
                     targets,
-                    _maps_fn(method, method_options(cfg, method)),
+                    _maps_fn(method, method_options(cfg, method, seed)),
                     max_layers=cfg.sanity.max_layers,
                     seed=seed,
                     original=all_maps[method],

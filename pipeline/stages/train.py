@@ -41,6 +41,7 @@ class TrainConfig:
     batch_size: int = 64
     learning_rate: float = 0.002
     strategy: str = "auto"
+    deterministic: bool = False
 
 
 BUILDER_OPTIONS = {
@@ -89,6 +90,12 @@ def _main(params: dict) -> None:
 
     seed = int(params.get("seed", 0))
     keras.utils.set_random_seed(seed)
+    if train_cfg.deterministic:
+        # Every op picks a deterministic kernel (or raises if it has none), so reruns are
+        # bit-identical even where thread scheduling would otherwise reorder sums.
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(train_cfg.strategy)
     per_replica_batch(train_cfg.batch_size, strategy)
     num_classes = len(info.class_names)
