@@ -20,6 +20,9 @@ from pathlib import Path
 def atomic_path(final: str | os.PathLike, *, directory: bool = False) -> Iterator[Path]:
     """Yield a temporary path that is renamed to ``final`` only if the block succeeds.
 
+    A process killed inside the block leaves only the temporary (``.tmp-<name>-*``,
+    git-ignored and never a DVC output); the next write of the same path deletes it.
+
     Args:
         final: The path the caller wants to produce.
         directory: Produce a directory instead of a file.
@@ -29,6 +32,14 @@ def atomic_path(final: str | os.PathLike, *, directory: bool = False) -> Iterato
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    # Temporaries of killed runs can be as large as the output: clear them. One workspace
+    # runs one stage at a time (DVC locks it; queued experiments run in copies), so none
+    # of them belongs to a live run.
+    for leftover in final.parent.glob(f".tmp-{final.name}-*"):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
     # The ".tmp-" prefix keeps partial files out of globs such as "*.h5".
     tmp = Path(
         tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent)

@@ -73,6 +73,7 @@ def test_killed_dvc_repro_caches_nothing_and_the_next_repro_recovers(baseline_re
     done = run(["dvc", "repro"], repo)
     assert f"Running stage '{stage}'" in done.stdout
     assert "up to date" in run(["dvc", "status"], repo).stdout
+    assert not any(p.exists() for p in leftovers), "the rerun clears the killed run's temporaries"
     with h5py.File(outputs / OUTPUT[stage], "r") as f:
         inputs = f["inputs"].shape[0]
         if stage == "extract":
@@ -148,3 +149,22 @@ def test_same_config_and_seed_give_identical_results_in_fresh_processes(tmp_path
     _run_stage(tmp_path / "third", "attribute")
     other = _datasets(params["paths"]["attributions"])["methods/smoothgrad/maps"]
     assert not np.array_equal(other, _datasets(first["attributions"])["methods/smoothgrad/maps"])
+
+
+def test_atomic_path_publishes_only_on_success_and_clears_killed_temporaries(tmp_path):
+    from pipeline.io import atomic_path
+
+    final = tmp_path / "out.h5"
+    killed = tmp_path / ".tmp-out.h5-abc.h5"  # what a SIGKILL inside the block leaves
+    killed.write_bytes(b"partial")
+    other = tmp_path / ".tmp-other.h5-abc.h5"  # another output's temporary: not ours
+    other.write_bytes(b"partial")
+    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("stage failed")
+    assert not final.exists() and not killed.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name]
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(b"complete")
+    assert final.read_bytes() == b"complete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "out.h5"]
