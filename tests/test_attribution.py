@@ -318,3 +318,14 @@ def test_errors_are_one_line():
     dense_only = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     with pytest.raises(KerascopeError, match="no layer with a spatial or time axis"):
         gradcam(dense_only, np.ones((1, 4), "float32"), [0])
+
+
+def test_targets_default_to_the_predicted_class_and_one_class_broadcasts():
+    model = _smooth_model(5)
+    x = rng.random((6, 6, 6, 2)).astype("float32")
+    predicted = np.argmax(model.predict(x, verbose=0), axis=-1)
+    np.testing.assert_array_equal(saliency(model, x, None), saliency(model, x, predicted))
+    np.testing.assert_array_equal(gradcam(model, x, None).raw, gradcam(model, x, predicted).raw)
+    np.testing.assert_array_equal(saliency(model, x, 2), saliency(model, x, np.full(6, 2)))
+    with pytest.raises(KerascopeError, match="2 targets given for 6 inputs"):
+        saliency(model, x, [0, 1])

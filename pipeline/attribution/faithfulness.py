@@ -128,7 +128,7 @@ def deletion_insertion(
     Args:
         model: A classifier.
         x: Inputs (N, H, W, C) or sequences (N, T, F).
-        targets: One class per input.
+        targets: One class per input (or one for all); None: the predicted class.
         maps: Attributions (N, H, W) for images or (N, T, F) for sequences; sequence maps
             of shape (N, T) rank whole time steps.
         steps: Number of deletion/insertion steps.
@@ -139,7 +139,7 @@ def deletion_insertion(
     Returns:
         :class:`DeletionInsertion`.
     """
-    targets = check_targets(model, targets, len(x))
+    targets = check_targets(model, targets, len(x), x)
     if steps <= 0:
         raise KerascopeError(f"faithfulness steps must be positive, got {steps}")
     maps = np.asarray(maps, dtype=np.float32)
@@ -230,7 +230,7 @@ def randomization_sanity(
         The randomised layer paths in cascade order, and the mean Spearman correlation
         after each step (same length).
     """
-    targets = check_targets(model, targets, len(x))
+    targets = check_targets(model, targets, len(x), x)
     if original is None:
         original = method(model, x, targets)
     try:

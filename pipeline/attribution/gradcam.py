@@ -138,7 +138,7 @@ def _cam_step(model, layer, score, input_shape, variant):
 
 
 def _cam(variant, model, x, targets, layer, score, batch_size) -> CamResult:
-    targets = check_targets(model, targets, len(x))
+    targets = check_targets(model, targets, len(x), x)
     layer = cam_layer(model, layer)
     x = np.asarray(x, np.float32)
     check_cam_shapes(model, layer, x.shape[1:])
@@ -164,7 +164,7 @@ def gradcam(
     Args:
         model: A classifier.
         x: Inputs (N, H, W, C) or sequences (N, T, F).
-        targets: One class per input.
+        targets: One class per input (or one for all); None: the predicted class.
         layer: Layer path; default: the last layer with a spatial (or time) output.
         score: ``logits`` (default) or ``probabilities``.
         batch_size: Inputs per compiled step.

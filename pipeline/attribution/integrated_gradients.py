@@ -116,7 +116,7 @@ def integrated_gradients(
     Args:
         model: A classifier.
         x: Inputs.
-        targets: One class per input.
+        targets: One class per input (or one for all); None: the predicted class.
         score: ``logits`` or ``probabilities``.
         baseline: ``zeros``, ``blur`` or ``uniform`` (see :func:`make_baseline`).
         steps: Number of intervals on the path (more steps, smaller completeness error).
@@ -128,7 +128,7 @@ def integrated_gradients(
     """
     if steps <= 0:
         raise KerascopeError(f"integrated_gradients.steps must be positive, got {steps}")
-    targets = check_targets(model, targets, len(x))
+    targets = check_targets(model, targets, len(x), x)
     x = np.asarray(x, np.float32)
     base = make_baseline(x, baseline, seed)
     fn = _ig_step(model, x.shape[1:], score, steps)

@@ -47,7 +47,7 @@ def input_gradients(
     Returns:
         Gradients with the shape of ``x``.
     """
-    targets = check_targets(model, targets, len(x))
+    targets = check_targets(model, targets, len(x), x)
     x = np.asarray(x, np.float32)
     fn = gradient_step(model, x.shape[1:], score)
     return run_batched(fn, [x, targets], batch_size)[0]
@@ -70,7 +70,7 @@ def saliency(
     Args:
         model: A classifier.
         x: Inputs (N, H, W, C) or sequences (N, T, F).
-        targets: One class per input.
+        targets: One class per input (or one for all); None: the predicted class.
         score: ``logits`` (default) or ``probabilities``.
         reduce: ``max`` or ``mean`` over channels.
         batch_size: Inputs per compiled step.
@@ -126,7 +126,7 @@ def smoothgrad(
     Args:
         model: A classifier.
         x: Inputs.
-        targets: One class per input.
+        targets: One class per input (or one for all); None: the predicted class.
         score: ``logits`` or ``probabilities``.
         noise: Noise level as a fraction of the input's value range.
         samples: Noisy copies per input.
@@ -141,7 +141,7 @@ def smoothgrad(
     if samples <= 0 or noise < 0:
         raise KerascopeError(f"smoothgrad needs samples > 0 and noise >= 0, got {samples}, {noise}")
     check_reduce(reduce)
-    targets = check_targets(model, targets, len(x))
+    targets = check_targets(model, targets, len(x), x)
     x = np.asarray(x, np.float32)
     axes = tuple(range(1, x.ndim))
     span = (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True)).astype(np.float32)

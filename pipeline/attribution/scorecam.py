@@ -87,7 +87,7 @@ def scorecam(
     Args:
         model: A classifier.
         x: Inputs (N, H, W, C) or sequences (N, T, F).
-        targets: One class per input.
+        targets: One class per input (or one for all); None: the predicted class.
         layer: Layer path; default: the last layer with a spatial (or time) output.
         max_channels: Use only this many channels per input, those with the highest
             mean activation (a speed/fidelity trade-off); None uses all.
@@ -97,7 +97,7 @@ def scorecam(
     Returns:
         :class:`CamResult`.
     """
-    targets = check_targets(model, targets, len(x))
+    targets = check_targets(model, targets, len(x), x)
     layer = cam_layer(model, layer)
     if max_channels is not None and max_channels <= 0:
         raise KerascopeError(f"scorecam.max_channels must be positive, got {max_channels}")

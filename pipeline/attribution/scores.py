@@ -32,13 +32,25 @@ def num_classes(model: keras.Model) -> int:
     return int(shape[-1])
 
 
-def check_targets(model: keras.Model, targets, n: int) -> np.ndarray:
-    """Validate one target class per input.
+def check_targets(model: keras.Model, targets, n: int, x: np.ndarray | None = None) -> np.ndarray:
+    """Validate one target class per input; ``None`` means each input's predicted class.
+
+    Args:
+        model: The classifier.
+        targets: Class indices (one per input, or one for all), or None.
+        n: Number of inputs.
+        x: The inputs, needed when ``targets`` is None.
 
     Raises:
         KerascopeError: Wrong count or a class outside ``0..classes-1``.
     """
+    if targets is None:
+        if x is None:
+            raise KerascopeError("targets=None (the predicted class) needs the inputs")
+        return predicted_classes(model, np.asarray(x, np.float32))
     targets = np.asarray(targets, dtype=np.int32).reshape(-1)
+    if len(targets) == 1 and n > 1:
+        targets = np.repeat(targets, n)  # one class for every input
     classes = num_classes(model)
     if len(targets) != n:
         raise KerascopeError(f"{len(targets)} targets given for {n} inputs")
