@@ -26,6 +26,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.distribute import replicas_in_scope, run_distributed
 from pipeline.errors import KerascopeError
 from pipeline.graph import LayerForward, compiled, layer_info, resolve_layers
 
@@ -240,17 +241,37 @@ def iter_activations(
     inputs = list(x) if isinstance(x, list | tuple) else [x]
     check_inputs(model, inputs)
     kinds = {p: activation_kind(model, p) for p in paths} if stats else None
-    run = _compiled_forward(model, paths, kinds)
+    # Under a strategy with several replicas each batch is split across them; the health
+    # reductions are then taken over the gathered batch (per-replica ones would not add).
+    distributed = replicas_in_scope() > 1
+    run = _compiled_forward(model, paths, None if distributed else kinds)
     n = len(inputs[0])
     for start in range(0, n, batch_size):
-        chunk = [tf.convert_to_tensor(np.asarray(a[start : start + batch_size])) for a in inputs]
-        outputs, taps, batch_reductions = run(chunk if len(chunk) > 1 else chunk[0])
-        yield Batch(
-            start=start,
-            outputs=[o.numpy() for o in outputs],
-            activations={p: t.numpy() for p, t in taps.items()},
-            stats={p: {k: v.numpy() for k, v in s.items()} for p, s in batch_reductions.items()},
-        )
+        chunk = [np.asarray(a[start : start + batch_size]) for a in inputs]
+        if distributed:
+            outputs, taps, _ = run_distributed(
+                lambda *xs: run(list(xs) if len(xs) > 1 else xs[0]), tuple(chunk)
+            )
+            reductions = (
+                {
+                    p: {k: v.numpy() for k, v in batch_stats(tf.constant(t), kinds[p]).items()}
+                    for p, t in taps.items()
+                }
+                if kinds
+                else {}
+            )
+        else:
+            out, tapped, batch_reductions = run(
+                [tf.convert_to_tensor(c) for c in chunk]
+                if len(chunk) > 1
+                else tf.convert_to_tensor(chunk[0])
+            )
+            outputs = [o.numpy() for o in out]
+            taps = {p: t.numpy() for p, t in tapped.items()}
+            reductions = {
+                p: {k: v.numpy() for k, v in s.items()} for p, s in batch_reductions.items()
+            }
+        yield Batch(start=start, outputs=list(outputs), activations=dict(taps), stats=reductions)
 
 
 def extract_activations(

@@ -55,6 +55,35 @@ def split_for_replicas(batch, replicas: int) -> list:
     return np.array_split(np.asarray(batch), replicas)
 
 
+# (id(fn), id(strategy)) -> (fn, strategy, compiled step): one trace per pair. The
+# entry keeps both alive, so an id is never reused while its entry exists.
+_REPLICATED: dict[tuple[int, int], tuple] = {}
+
+
+def _replicated(fn, strategy: tf.distribute.Strategy):
+    """``strategy.run(fn)`` inside one ``tf.function``, as tf.distribute recommends.
+
+    Run eagerly, MirroredStrategy would call ``fn`` replica by replica from Python
+    threads (and cannot bind per-replica values to a fixed input signature).
+    """
+    key = (id(fn), id(strategy))
+    if key not in _REPLICATED:
+
+        @tf.function(reduce_retracing=True, autograph=False)
+        def step(*args):
+            # A plain function: strategy.run would re-wrap a tf.function, keeping its
+            # input signature, which per-replica values cannot bind to.
+            return strategy.run(lambda *replica_args: fn(*replica_args), args=args)
+
+        _REPLICATED[key] = (fn, strategy, step)
+    return _REPLICATED[key][2]
+
+
+def replicas_in_scope() -> int:
+    """Replicas of the strategy whose ``scope()`` is active (1 outside any scope)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
 def run_distributed(fn, batch, strategy: tf.distribute.Strategy | None = None):
     """Run ``fn`` on one global batch, split across the strategy's replicas.
 
@@ -64,23 +93,30 @@ def run_distributed(fn, batch, strategy: tf.distribute.Strategy | None = None):
     callers see exactly what a single device would return.
 
     Args:
-        fn: A function of a batch tensor returning a tensor or a dict/tuple of tensors
-            whose first axis is the batch axis (typically a ``tf.function``).
-        batch: The global batch (numpy array).
-        strategy: The strategy; default: the current one.
+        fn: A function of a batch tensor (or of several, see ``batch``) returning a
+            tensor or a dict/tuple/list of tensors whose first axis is the batch axis
+            (typically a ``tf.function``).
+        batch: The global batch (numpy array), or a tuple of arrays of equal length
+            that are split alike and passed as ``fn(*batch)``.
+        strategy: The strategy; default: the one whose scope is active.
 
     Returns:
         ``fn``'s results for the whole batch, as numpy arrays in the same structure.
     """
     strategy = strategy or tf.distribute.get_strategy()
+    arrays = batch if isinstance(batch, tuple) else (batch,)
     replicas = strategy.num_replicas_in_sync
     if replicas == 1:
-        return tf.nest.map_structure(lambda t: t.numpy(), fn(tf.convert_to_tensor(batch)))
-    chunks = split_for_replicas(batch, replicas)
-    values = strategy.experimental_distribute_values_from_function(
-        lambda ctx: tf.convert_to_tensor(chunks[ctx.replica_id_in_sync_group])
-    )
-    results = strategy.run(fn, args=(values,))
+        result = fn(*[tf.convert_to_tensor(a) for a in arrays])
+        return tf.nest.map_structure(lambda t: t.numpy(), result)
+    chunks = [split_for_replicas(a, replicas) for a in arrays]
+    values = [
+        strategy.experimental_distribute_values_from_function(
+            lambda ctx, parts=parts: tf.convert_to_tensor(parts[ctx.replica_id_in_sync_group])
+        )
+        for parts in chunks
+    ]
+    results = _replicated(fn, strategy)(*values)
 
     def gather(per_replica):
         import numpy as np

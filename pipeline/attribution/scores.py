@@ -8,6 +8,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.distribute import run_distributed
 from pipeline.errors import KerascopeError
 from pipeline.graph import LayerForward, compiled
 
@@ -131,15 +132,16 @@ def batches(n: int, batch_size: int):
 def run_batched(fn: Callable, arrays: Sequence[np.ndarray], batch_size: int):
     """Call a compiled step on consecutive slices of ``arrays``; concatenate its outputs.
 
+    Inside a ``tf.distribute`` strategy's scope with several replicas, each batch is
+    split across the replicas (``batch_size`` is the global batch).
+
     Returns:
         One array if the step returns one tensor, else a tuple of arrays.
     """
     results = []
     for a, b in batches(len(arrays[0]), batch_size):
-        out = fn(*[tf.convert_to_tensor(arr[a:b]) for arr in arrays])
-        results.append(
-            tuple(o.numpy() for o in out) if isinstance(out, tuple | list) else out.numpy()
-        )
+        out = run_distributed(fn, tuple(np.asarray(arr[a:b]) for arr in arrays))
+        results.append(tuple(out) if isinstance(out, tuple | list) else out)
     if results and isinstance(results[0], tuple):
         return tuple(np.concatenate(parts) for parts in zip(*results, strict=True))
     return np.concatenate(results)

@@ -28,6 +28,7 @@ from pipeline.attribution.faithfulness import (
 from pipeline.attribution.gradcam import cam_layer
 from pipeline.attribution.scores import SCORES, check_targets
 from pipeline.config import one_of, positive, run_stage, section, to_yaml
+from pipeline.distribute import STRATEGIES, make_strategy
 from pipeline.errors import KerascopeError
 from pipeline.io import atomic_path, file_hash
 from pipeline.models import check_input_shape, load_model_file
@@ -96,6 +97,7 @@ class AttributeConfig:
     npz_path: str | None = None
     npz_key: str = "x"
     batch_size: int = 64
+    strategy: str = "auto"
     saliency: SaliencyOptions = field(default_factory=SaliencyOptions)
     smoothgrad: SmoothGradOptions = field(default_factory=SmoothGradOptions)
     integrated_gradients: IntegratedGradientsOptions = field(
@@ -170,7 +172,7 @@ def _targets(cfg: AttributeConfig, model, x, labels) -> np.ndarray:
     return check_targets(model, np.full(len(x), int(cfg.target)), len(x))
 
 
-def _main(params: dict) -> None:
+def _attribute(params: dict) -> None:
     cfg = section(params, "attribute", AttributeConfig)
     _validate(cfg)
     seed = int(params.get("seed", 0))
@@ -290,6 +292,15 @@ def _main(params: dict) -> None:
         tmp.write_text(json.dumps(metrics, indent=2))
     elapsed = time.perf_counter() - started
     print(f"attribute: {len(cfg.methods)} methods x {len(x)} inputs in {elapsed:.1f} s")
+
+
+def _main(params: dict) -> None:
+    # Batches are split across the replicas of the configured strategy (several GPUs);
+    # the model is loaded inside its scope so each replica has its copy of the weights.
+    name = section(params, "attribute", AttributeConfig).strategy
+    one_of("attribute.strategy", name, STRATEGIES)
+    with make_strategy(name).scope():
+        _attribute(params)
 
 
 main = run_stage(_main)

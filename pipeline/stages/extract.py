@@ -24,6 +24,7 @@ from tqdm import tqdm
 from pipeline.activations import ActivationHealth, activation_kind, iter_activations
 from pipeline.artifacts import provenance_attrs, read_dataset_info, select_inputs, write_attrs
 from pipeline.config import one_of, positive, run_stage, section, to_yaml
+from pipeline.distribute import STRATEGIES, make_strategy
 from pipeline.errors import KerascopeError
 from pipeline.graph import list_layers, resolve_layers
 from pipeline.io import atomic_path, file_hash, remove_stale
@@ -49,6 +50,7 @@ class ExtractConfig:
     batch_size: int = 256
     compression: str = "none"
     fail_on_nonfinite: bool = False
+    strategy: str = "auto"
 
 
 def dataset_name(path: str, model_paths: set[str]) -> str:
@@ -228,7 +230,7 @@ def _layer_attrs(datasets, batch, layers, infos, kinds) -> None:
         )
 
 
-def _main(params: dict) -> None:
+def _extract(params: dict) -> None:
     cfg = section(params, "extract", ExtractConfig)
     positive("extract.batch_size", cfg.batch_size)
     one_of("extract.compression", cfg.compression, COMPRESSIONS)
@@ -277,6 +279,15 @@ def _main(params: dict) -> None:
         f"extract: {len(chosen)} layers x {len(inputs.x)} inputs in {elapsed:.1f} s "
         f"-> {paths['activations']}"
     )
+
+
+def _main(params: dict) -> None:
+    # Batches are split across the replicas of the configured strategy (several GPUs);
+    # the model is loaded inside its scope so each replica has its copy of the weights.
+    name = section(params, "extract", ExtractConfig).strategy
+    one_of("extract.strategy", name, STRATEGIES)
+    with make_strategy(name).scope():
+        _extract(params)
 
 
 main = run_stage(_main)
