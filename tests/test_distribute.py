@@ -88,27 +88,22 @@ TENSOR_STAGES_SCRIPT = textwrap.dedent(
     ])
     x = np.random.default_rng(0).random((7, 8, 8, 1)).astype("float32")  # 7: uneven split
     t = np.array([0, 1, 2, 0, 1, 2, 0])
-    single = {
-        "acts": extract_activations(model, x, "all", 4),
-        "stats": [b.stats for b in iter_activations(model, x, "all", 4, stats=True)],
-        "saliency": saliency(model, x, t, batch_size=4),
-        "gradcam": gradcam(model, x, t, batch_size=4).raw,
-        "ig": integrated_gradients(model, x, t, steps=4, batch_size=10).attributions,
-        "scorecam": scorecam(model, x, t, batch_size=8).raw,
-    }
+    def everything(m):
+        return {
+            "acts": extract_activations(m, x, "all", 4),
+            "stats": [b.stats for b in iter_activations(m, x, "all", 4, stats=True)],
+            "saliency": saliency(m, x, t, batch_size=4),
+            "gradcam": gradcam(m, x, t, batch_size=4).raw,
+            "ig": integrated_gradients(m, x, t, steps=4, batch_size=10).attributions,
+            "scorecam": scorecam(m, x, t, batch_size=8).raw,
+        }
+    single = everything(model)
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         assert replicas_in_scope() == 2
         clone = keras.models.clone_model(model)
         clone.set_weights(model.get_weights())
-        mirrored = {
-            "acts": extract_activations(clone, x, "all", 4),
-            "stats": [b.stats for b in iter_activations(clone, x, "all", 4, stats=True)],
-            "saliency": saliency(clone, x, t, batch_size=4),
-            "gradcam": gradcam(clone, x, t, batch_size=4).raw,
-            "ig": integrated_gradients(clone, x, t, steps=4, batch_size=10).attributions,
-            "scorecam": scorecam(clone, x, t, batch_size=8).raw,
-        }
+        mirrored = everything(clone)
     for layer in single["acts"]:
         assert np.allclose(single["acts"][layer], mirrored["acts"][layer], atol=1e-6), layer
     for a, b in zip(single["stats"], mirrored["stats"]):
