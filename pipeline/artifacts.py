@@ -38,17 +38,27 @@ SPLITS = ("train", "val", "test", "probe")
 
 
 def provenance_attrs(kind: str, config_yaml: str = "") -> dict[str, str]:
-    """Root attributes that identify an artifact and what produced it."""
-    import keras
-    import tensorflow as tf
+    """Root attributes that identify an artifact and what produced it.
 
+    Versions come from the installed distributions, so writing them never imports
+    TensorFlow (the data stage does not need it).
+    """
     return {
         "kerascope_format": f"{kind}/{FORMAT_VERSIONS[kind]}",
         "kerascope_version": pipeline.__version__,
-        "tensorflow_version": tf.__version__,
-        "keras_version": keras.__version__,
+        "tensorflow_version": _installed("tensorflow"),
+        "keras_version": _installed("keras"),
         "config_yaml": config_yaml,
     }
+
+
+def _installed(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
 
 
 def write_attrs(obj: h5py.HLObject, attrs: dict) -> None:
@@ -99,6 +109,26 @@ def open_artifact(path: str | Path, kind: str, stage: str = "") -> Iterator[h5py
                 f"expected {expected}{hint}"
             )
         yield handle
+
+
+def hdf5_name(path: str) -> str:
+    """A layer path as an HDF5 object name: ``.`` and ``..`` components are escaped.
+
+    HDF5 cannot name an object ``.`` or ``..`` (a layer may well be called that);
+    ``%`` is escaped too, so the mapping is reversible (:func:`layer_path_of`).
+    """
+    parts = []
+    for part in path.split("/"):
+        part = part.replace("%", "%25")
+        if part in (".", ".."):
+            part = part.replace(".", "%2E")
+        parts.append(part)
+    return "/".join(parts)
+
+
+def layer_path_of(name: str) -> str:
+    """Invert :func:`hdf5_name`."""
+    return "/".join(p.replace("%2E", ".").replace("%25", "%") for p in name.split("/"))
 
 
 def read_json_attr(obj: h5py.HLObject, key: str, default=None):

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 from pipeline.errors import KerascopeError
-from pipeline.io import atomic_path
+from pipeline.workspace import atomic_path, inside_workspace
 
 
 @dataclass
@@ -134,7 +134,7 @@ def build_compare(
     """Write the comparison page and its figures atomically into ``out_dir``."""
     methods = sorted({m for e in experiments for m in e.maps})
     metric_keys = sorted({k for e in experiments for k in e.metrics if "attribute" in k})
-    with atomic_path(out_dir, directory=True) as tmp:
+    with atomic_path(out_dir, kind="compare") as tmp:
         sections = []
         for method in methods:
             fig = _figure(method, experiments, max_inputs)
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         from pipeline.config import load_params
 
         path = load_params(root=args.repo)["paths"]["attributions"]
+        inside_workspace(args.out, args.repo, "--out")
         chosen = _experiments(args.repo, args.experiments)
         if len(chosen) < 1:
             raise KerascopeError(

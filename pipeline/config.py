@@ -40,6 +40,13 @@ def repo_root() -> Path:
     return Path(os.environ.get("KERASCOPE_ROOT", os.getcwd()))
 
 
+def workspace_paths(params: dict) -> dict[str, Path]:
+    """The ``paths`` section checked against the workspace (see :mod:`pipeline.workspace`)."""
+    from pipeline.workspace import check_paths
+
+    return check_paths(params.get("paths"), repo_root())
+
+
 def config_groups(conf_dir: Path) -> dict[str, list[str]]:
     """Map each config group in ``conf_dir`` to its option names."""
     groups = {}
@@ -123,6 +130,35 @@ def apply_overrides(params: dict, overrides: Sequence[str], conf_dir: Path) -> d
     return OmegaConf.to_container(cfg, resolve=False)
 
 
+def read_params_file(path: Path) -> dict:
+    """Read ``params.yaml``, turning broken YAML or a non-mapping into one line.
+
+    Raises:
+        KerascopeError: The file is not valid YAML, or not a mapping of sections.
+    """
+    try:
+        with open(path, encoding="utf-8") as handle:
+            params = yaml.safe_load(handle)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise KerascopeError(
+            f"'{path}' is not valid YAML ({problem}{where}); fix it, or recompose it from conf/ "
+            "with `python -m pipeline.config`"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KerascopeError(f"cannot read '{path}': {exc}") from None
+    if params is None:
+        return {}
+    if not isinstance(params, dict):
+        raise KerascopeError(
+            f"'{path}' must be a mapping of config sections, got {type(params).__name__}; "
+            "recompose it from conf/ with `python -m pipeline.config`"
+        )
+    return params
+
+
 def load_params(overrides: Sequence[str] = (), root: str | Path | None = None) -> dict:
     """Load ``params.yaml`` (or compose ``conf/`` if it is absent) and apply overrides.
 
@@ -132,12 +168,14 @@ def load_params(overrides: Sequence[str] = (), root: str | Path | None = None) -
 
     Returns:
         The full configuration as plain containers.
+
+    Raises:
+        KerascopeError: Broken ``params.yaml``, bad override, or no configuration.
     """
     root = Path(root or repo_root())
     params_file = root / PARAMS_FILE
     if params_file.exists():
-        with open(params_file) as handle:
-            params = yaml.safe_load(handle) or {}
+        params = read_params_file(params_file)
     elif (root / CONF_DIR).is_dir():
         params = compose(conf_dir=root / CONF_DIR)
     else:
@@ -234,23 +272,40 @@ def quiet_tensorflow_import() -> None:
         os.close(devnull)
 
 
-def run_stage(main: Callable[[dict], Any]) -> Callable[[], None]:
-    """Wrap a stage's ``main(params)`` into a command-line entry point.
+def at_most(name: str, value: int | float, limit: int | float) -> None:
+    """Raise a one-line error unless ``0 < value <= limit``."""
+    positive(name, value)
+    if value > limit:
+        raise KerascopeError(f"'{name}' must be at most {limit}, got {value!r}")
 
-    The wrapper reads ``params.yaml`` plus command-line overrides, turns a
-    :class:`KerascopeError` into ``error: <one line>`` with exit status 2, and Ctrl-C
-    into ``interrupted`` with exit status 130. Outputs are written atomically by the
-    stages, so an interrupted stage leaves its previous outputs or none.
+
+def in_range(name: str, value: float, lo: float, hi: float) -> None:
+    """Raise a one-line error unless ``lo <= value <= hi``."""
+    if value is None or not lo <= value <= hi:
+        raise KerascopeError(f"'{name}' must be in [{lo}, {hi}], got {value!r}")
+
+
+def run_stage(configure: Callable[[dict], T], run: Callable[[T], Any]) -> Callable[[], None]:
+    """Turn a stage's ``configure(params)`` and ``run(config)`` into a command-line entry.
+
+    The entry reads ``params.yaml`` plus command-line overrides and calls
+    ``configure``, which validates every setting and path the stage uses without
+    importing TensorFlow, so a typo is reported in well under a second. Only then is
+    TensorFlow imported and ``run`` called. A :class:`KerascopeError` becomes
+    ``error: <stage>: <one line>`` with exit status 2, a full disk the same, and Ctrl-C
+    ``interrupted`` with exit status 130. Outputs are written atomically by the stages,
+    so an interrupted stage leaves its previous outputs or none.
     """
 
-    @functools.wraps(main)
+    @functools.wraps(run)
     def entry() -> None:
-        spec = main.__globals__.get("__spec__")
-        stage = (spec.name if spec else main.__module__).rsplit(".", 1)[-1]
+        spec = run.__globals__.get("__spec__")
+        stage = (spec.name if spec else run.__module__).rsplit(".", 1)[-1]
         try:
-            quiet_tensorflow_import()
             params = load_params(sys.argv[1:])
-            main(params)
+            config = configure(params)
+            quiet_tensorflow_import()
+            run(config)
         except KerascopeError as exc:
             print(f"error: {stage}: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -258,7 +313,29 @@ def run_stage(main: Callable[[dict], Any]) -> Callable[[], None]:
             # Restore the default handler so a second Ctrl-C during clean-up kills at once.
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             print(f"interrupted: {stage} stopped; no partial outputs were kept", file=sys.stderr)
-            sys.exit(130)
+            # Every output was already cleaned up on the way here. Skip the interpreter's
+            # shutdown: TensorFlow's worker threads may still be inside an op, and
+            # finalising under them can abort the process (SIGABRT) instead of exiting.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
+        except MemoryError:
+            print(
+                f"error: {stage}: out of memory; lower the batch size or the number of inputs",
+                file=sys.stderr,
+            )
+            sys.exit(2)
+        except OSError as exc:
+            from pipeline.workspace import disk_full
+
+            if not disk_full(exc):
+                raise
+            print(
+                f"error: {stage}: no space left on the device ({exc.filename or exc}); nothing "
+                "partial was kept: free some space and run the stage again",
+                file=sys.stderr,
+            )
+            sys.exit(2)
 
     return entry
 

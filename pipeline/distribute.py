@@ -1,10 +1,19 @@
-"""``tf.distribute`` strategies chosen by name in config."""
+"""``tf.distribute`` strategies chosen by name in config.
+
+TensorFlow is imported inside the functions, so a stage can check a strategy name
+against :data:`STRATEGIES` before paying for the import.
+"""
 
 from __future__ import annotations
 
-import tensorflow as tf
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pipeline.errors import KerascopeError, choices_hint
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 STRATEGIES = ("auto", "mirrored", "one_device", "multi_worker")
 
@@ -23,6 +32,8 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
     """
     if name not in STRATEGIES:
         raise KerascopeError(f"unknown strategy '{name}'; {choices_hint(name, STRATEGIES)}")
+    import tensorflow as tf
+
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
@@ -45,14 +56,27 @@ def per_replica_batch(global_batch: int, strategy: tf.distribute.Strategy) -> in
 
 
 def split_for_replicas(batch, replicas: int) -> list:
-    """Split a global batch into ``replicas`` nearly equal chunks along axis 0.
+    """Split a global batch into ``replicas`` nearly equal, non-empty chunks along axis 0.
 
-    Chunks differ in size by at most one example, so a last, short batch still uses
-    every replica; an empty chunk is allowed when the batch is smaller than the count.
+    Chunks differ in size by at most one example. A batch smaller than the replica count
+    is first padded by repeating its last example (see :func:`pad_for_replicas`): some
+    kernels (oneDNN's ReluGrad on AVX-512 CPUs among them) fail on an empty batch.
     """
-    import numpy as np
+    padded, _ = pad_for_replicas(np.asarray(batch), replicas)
+    return np.array_split(padded, replicas)
 
-    return np.array_split(np.asarray(batch), replicas)
+
+def pad_for_replicas(batch: np.ndarray, replicas: int) -> tuple[np.ndarray, int]:
+    """Repeat the last example until every replica gets at least one.
+
+    Returns:
+        The padded batch and the number of real examples (results beyond it are dropped).
+    """
+    n = len(batch)
+    if n >= replicas or n == 0:
+        return batch, n
+    extra = np.repeat(batch[-1:], replicas - n, axis=0)
+    return np.concatenate([batch, extra]), n
 
 
 # (id(fn), id(strategy)) -> (fn, strategy, compiled step): one trace per pair. The
@@ -66,6 +90,8 @@ def _replicated(fn, strategy: tf.distribute.Strategy):
     Run eagerly, MirroredStrategy would call ``fn`` replica by replica from Python
     threads (and cannot bind per-replica values to a fixed input signature).
     """
+    import tensorflow as tf
+
     key = (id(fn), id(strategy))
     if key not in _REPLICATED:
 
@@ -81,6 +107,8 @@ def _replicated(fn, strategy: tf.distribute.Strategy):
 
 def replicas_in_scope() -> int:
     """Replicas of the strategy whose ``scope()`` is active (1 outside any scope)."""
+    import tensorflow as tf
+
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
@@ -103,6 +131,8 @@ def run_distributed(fn, batch, strategy: tf.distribute.Strategy | None = None):
     Returns:
         ``fn``'s results for the whole batch, as numpy arrays in the same structure.
     """
+    import tensorflow as tf
+
     strategy = strategy or tf.distribute.get_strategy()
     arrays = batch if isinstance(batch, tuple) else (batch,)
     replicas = strategy.num_replicas_in_sync
@@ -118,10 +148,11 @@ def run_distributed(fn, batch, strategy: tf.distribute.Strategy | None = None):
     ]
     results = _replicated(fn, strategy)(*values)
 
-    def gather(per_replica):
-        import numpy as np
+    real = len(arrays[0])
 
+    def gather(per_replica):
         parts = strategy.experimental_local_results(per_replica)
-        return np.concatenate([p.numpy() for p in parts], axis=0)
+        # Padding examples (see split_for_replicas) come last: drop them.
+        return np.concatenate([p.numpy() for p in parts], axis=0)[:real]
 
     return tf.nest.map_structure(gather, results)

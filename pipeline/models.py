@@ -7,6 +7,7 @@ and HDF5 files are stable across runs.
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -137,43 +138,247 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int, **optio
         ) from None
 
 
-def load_model_file(path: str | os.PathLike, safe_mode: bool = True) -> keras.Model:
+def _model_config(path: Path) -> dict | None:
+    """The serialized model config stored in a ``.keras`` or ``.h5`` file, without loading it."""
+    import json
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return json.loads(archive.read("config.json"))
+        import h5py
+
+        with h5py.File(path, "r") as handle:
+            text = handle.attrs.get("model_config")
+        if isinstance(text, bytes):
+            text = text.decode()
+        return json.loads(text) if text else None
+    except Exception:  # noqa: BLE001 - an unreadable config is reported by the loader
+        return None
+
+
+def _serialized_objects(config, owner: str = "") -> list[tuple[str, dict]]:
+    """Every serialized object in a config tree, with the name of the layer it belongs to."""
+    found = []
+    if isinstance(config, dict):
+        if "class_name" in config:
+            inner = config.get("config")
+            name = inner.get("name", owner) if isinstance(inner, dict) else owner
+            found.append((str(name), config))
+            owner = str(name)
+        for value in config.values():
+            found += _serialized_objects(value, owner)
+    elif isinstance(config, list):
+        for value in config:
+            found += _serialized_objects(value, owner)
+    return found
+
+
+def _is_builtin(obj: dict) -> bool:
+    module = str(obj.get("module") or "")
+    class_name = str(obj.get("class_name"))
+    if module == "builtins" or class_name == "function":
+        return False
+    if class_name.startswith("__"):
+        return True  # serialization markers (__keras_tensor__, __tuple__, __numpy__)
+    if module.startswith("keras"):
+        return True
+    # Legacy HDF5 configs name Keras classes without a module.
+    return (
+        not module
+        and any(
+            hasattr(namespace, class_name)
+            for namespace in (
+                keras.layers,
+                keras.models,
+                keras.initializers,
+                keras.regularizers,
+                keras.constraints,
+                keras.activations,
+                keras.losses,
+                keras.optimizers,
+                keras.metrics,
+                keras.dtype_policies,
+            )
+        )
+        or class_name in ("Functional", "DTypePolicy", "__tuple__", "__numpy__", "__lambda__")
+    )
+
+
+def _code_needed(config) -> tuple[str, str, str] | None:
+    """The first object in a model config that needs code the file cannot supply safely.
+
+    Returns:
+        (kind, what, layer) for a Lambda layer or an unregistered custom class/function,
+        or None.
+    """
+    for layer, obj in _serialized_objects(config):
+        class_name = str(obj.get("class_name"))
+        if class_name == "Lambda":
+            function = (obj.get("config") or {}).get("function")
+            if isinstance(function, dict) and function.get("class_name") == "function":
+                # A function referenced by name: it must be registered by the user's code.
+                name = str(function.get("config"))
+                if keras.saving.get_registered_object(name) is None:
+                    return "function", name, layer
+                continue
+            return "lambda", "stored bytecode", layer
+        if _is_builtin(obj):
+            continue
+        registered = obj.get("registered_name") or class_name
+        if class_name == "function":
+            registered = obj.get("config")
+        if keras.saving.get_registered_object(registered) is None:
+            kind = "function" if class_name == "function" else "class"
+            return kind, str(registered), layer
+    return None
+
+
+def _refuse_code(path: Path, needed: tuple[str, str, str], safe_mode: bool) -> KerascopeError:
+    kind, what, layer = needed
+    if kind == "lambda":
+        return KerascopeError(
+            f"refusing to load '{path}': layer '{layer}' is a Lambda layer whose {what} would "
+            "run on load (Keras safe_mode); if you trust the file, set model.safe_mode=false"
+        )
+    if kind == "function":
+        return KerascopeError(
+            f"refusing to load '{path}': layer '{layer}' calls function '{what}', which is not "
+            "registered, and kerascope never takes code from a model file; define it in a "
+            "module decorated with @keras.saving.register_keras_serializable and list the "
+            "module in model.custom_modules"
+        )
+    return KerascopeError(
+        f"refusing to load '{path}': layer '{layer}' needs the custom {kind} '{what}', "
+        "which is not registered, and kerascope never takes code from a model file; put it in "
+        "a module decorated with @keras.saving.register_keras_serializable and list the "
+        "module in model.custom_modules"
+    )
+
+
+def import_custom_modules(modules: Sequence[str]) -> None:
+    """Import the user's own modules that register custom layers and functions.
+
+    This is how a user opts in to custom code: it comes from their environment, never
+    from the model file.
+
+    Raises:
+        KerascopeError: A module cannot be imported.
+    """
+    import importlib
+
+    for name in modules or ():
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - any import failure is the user's to fix
+            reason = " ".join(str(exc).split())[:160]
+            raise KerascopeError(
+                f"cannot import model.custom_modules entry '{name}' ({type(exc).__name__}: "
+                f"{reason})"
+            ) from None
+
+
+#: TensorFlow accepts only these characters in the name scopes Keras makes from layer names.
+_SCOPE_NAME = re.compile(r"^[A-Za-z0-9_.\\/>-]*$")
+_ROOT_START = re.compile(r"^[A-Za-z0-9.]")
+
+
+def valid_scope_name(name: str) -> str:
+    """``name`` made acceptable as a TensorFlow scope: ``α1`` becomes ``L_u3b1_1``.
+
+    Refused characters become ``_u<hex>_``; a name must also start with a letter, digit
+    or '.' to open a root scope, so such a name gets an ``L`` in front.
+    """
+    if _SCOPE_NAME.match(name) and _ROOT_START.match(name):
+        return name
+    text = "".join(c if _SCOPE_NAME.match(c) else f"_u{ord(c):x}_" for c in name)
+    return text if _ROOT_START.match(text) else f"L{text}"
+
+
+def rename_invalid_layers(model: keras.Model) -> dict[str, str]:
+    """Rename (in memory) layers whose names TensorFlow cannot use as scope names.
+
+    Keras 3 on TensorFlow opens a name scope per layer call, and TensorFlow refuses
+    names outside ``[A-Za-z0-9_./>-]`` (``'α1' is not a valid scope name``), so such a
+    model cannot even predict. The file is not touched.
+
+    Returns:
+        Old name -> new name of every renamed layer (and of the model itself).
+    """
+    renamed: dict[str, str] = {}
+    taken = {layer.name for layer in model._flatten_layers(include_self=True, recursive=True)}
+    for layer in model._flatten_layers(include_self=True, recursive=True):
+        new = valid_scope_name(layer.name)
+        if new == layer.name:
+            continue
+        while new in taken:
+            new += "_"
+        taken.add(new)
+        renamed[layer.name] = new
+        layer.name = new
+    return renamed
+
+
+def load_model_file(
+    path: str | os.PathLike, safe_mode: bool = True, custom_modules: Sequence[str] = ()
+) -> keras.Model:
     """Load a user's model from ``.keras``, legacy ``.h5`` or a SavedModel directory.
 
-    ``safe_mode`` stays on by default: Keras then refuses to deserialize Lambda layers,
-    whose Python bytecode would otherwise run on load.
+    What ``safe_mode`` covers (on by default): no code stored in or named by the file
+    runs. Lambda layers are refused (their bytecode would run on load), custom classes
+    and functions are accepted only if the user's own ``custom_modules`` registered
+    them, and SavedModel directories are refused altogether, because loading one runs
+    the TensorFlow graph functions it contains, which can read and write files.
 
     Args:
         path: The model file or SavedModel directory.
-        safe_mode: Keras' safe mode; turn off only for files you trust.
+        safe_mode: Refuse code from the file; turn off only for files you trust.
+        custom_modules: Modules to import first; they register the custom classes the
+            file names.
 
     Returns:
         The loaded model (a SavedModel is wrapped as an inference-only layer).
 
     Raises:
-        KerascopeError: Missing, truncated or not a model, or blocked by safe mode.
+        KerascopeError: Missing, truncated or not a model, or code that safe mode or the
+            registry refuses.
     """
     path = Path(path)
     if not path.exists():
         raise KerascopeError(f"model file '{path}' does not exist")
-    try:
-        if path.is_dir():
-            if not (path / "saved_model.pb").exists():
-                raise KerascopeError(
-                    f"'{path}' is a directory but not a SavedModel (no saved_model.pb)"
-                )
-            return _load_saved_model(path)
-        suffix = path.suffix.lower()
-        if suffix == ".keras" and not zipfile.is_zipfile(path):
-            raise KerascopeError(f"model file '{path}' is truncated or not a .keras archive")
-        if suffix not in (".keras", ".h5", ".hdf5"):
+    import_custom_modules(custom_modules)
+    if path.is_dir():
+        if not (path / "saved_model.pb").exists():
             raise KerascopeError(
-                f"model file '{path}' has unknown type '{suffix}'; valid: .keras, .h5, "
-                "or a SavedModel directory"
+                f"'{path}' is a directory but not a SavedModel (no saved_model.pb)"
             )
-        return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
-    except KerascopeError:
-        raise
+        if safe_mode:
+            raise KerascopeError(
+                f"refusing to load SavedModel '{path}' under safe_mode: loading a SavedModel "
+                "runs the TensorFlow graph functions stored in it, which can read and write "
+                "files; if you trust it, set model.safe_mode=false"
+            )
+        try:
+            return _load_saved_model(path)
+        except KerascopeError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - TensorFlow raises many types
+            message = " ".join(str(exc).split())[:200]
+            raise KerascopeError(f"cannot load SavedModel '{path}': {message}") from None
+    suffix = path.suffix.lower()
+    if suffix not in (".keras", ".h5", ".hdf5"):
+        raise KerascopeError(
+            f"model file '{path}' has unknown type '{suffix}'; valid: .keras, .h5, "
+            "or a SavedModel directory"
+        )
+    if suffix == ".keras" and not zipfile.is_zipfile(path):
+        raise KerascopeError(f"model file '{path}' is truncated or not a .keras archive")
+    config = _model_config(path)
+    needed = _code_needed(config) if config is not None else None
+    if needed is not None and (safe_mode or needed[0] != "lambda"):
+        raise _refuse_code(path, needed, safe_mode)
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
     except Exception as exc:  # Keras raises many types; report them as one line.
         message = " ".join(str(exc).split())
         if "safe_mode" in message or "Lambda" in message:
@@ -182,6 +387,11 @@ def load_model_file(path: str | os.PathLike, safe_mode: bool = True) -> keras.Mo
                 "on load (Keras safe_mode); if you trust the file, set model.safe_mode=false"
             ) from None
         raise KerascopeError(f"cannot load model '{path}': {message[:300]}") from None
+    renamed = rename_invalid_layers(model)
+    if renamed:
+        pairs = ", ".join(f"'{a}' -> '{b}'" for a, b in renamed.items())
+        print(f"note: renamed layers TensorFlow cannot use as scope names: {pairs}")
+    return model
 
 
 def _load_saved_model(path: Path) -> keras.Model:

@@ -28,9 +28,25 @@ SHRINK = {
 }
 
 
+@pytest.fixture(autouse=True)
+def _workspace_is_tmp_path(tmp_path, monkeypatch):
+    """Stages called in-process treat the test's tmp_path as their workspace.
+
+    kerascope refuses output paths outside the workspace (the current directory, where
+    params.yaml lives, or ``$KERASCOPE_ROOT``); tests that call a stage's ``_main``
+    directly put every path under ``tmp_path``. Subprocesses get their own ``cwd``.
+    """
+    monkeypatch.delenv("KERASCOPE_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
 def run(cmd, cwd, check=True, env=None, timeout=600):
-    """Run a command, returning the CompletedProcess; show output on failure."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    """Run a command, returning the CompletedProcess; show output on failure.
+
+    The subprocess's workspace is ``cwd`` unless ``env`` names another one.
+    """
+    base = {k: v for k, v in os.environ.items() if k != "KERASCOPE_ROOT"}
+    full_env = {**base, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     proc = subprocess.run(
         cmd, cwd=cwd, capture_output=True, text=True, env=full_env, timeout=timeout
     )

@@ -137,6 +137,7 @@ def test_stage_nan_is_loud_and_can_fail(tmp_path, capsys):
 
 
 def test_error_inside_the_write_leaves_no_file_and_removes_stale(tmp_path, monkeypatch):
+    from pipeline import activations
     from pipeline.stages import extract
 
     params, _, _ = write_tiny_project(tmp_path)
@@ -144,7 +145,7 @@ def test_error_inside_the_write_leaves_no_file_and_removes_stale(tmp_path, monke
     extract._main(params)  # a complete earlier run
     final = tmp_path / "outputs" / "activations.h5"
     assert final.exists()
-    real = extract.iter_activations
+    real = activations.iter_activations
 
     def failing(*args, **kwargs):
         for i, batch in enumerate(real(*args, **kwargs)):
@@ -152,7 +153,7 @@ def test_error_inside_the_write_leaves_no_file_and_removes_stale(tmp_path, monke
                 raise RuntimeError("disk full")
             yield batch
 
-    monkeypatch.setattr(extract, "iter_activations", failing)
+    monkeypatch.setattr(activations, "iter_activations", failing)
     with pytest.raises(RuntimeError, match="disk full"):
         extract._main(params)
     # Neither the new partial file nor the old one (from another config) is left.

@@ -64,3 +64,18 @@ def test_stage_run_alone_with_overrides_writes_the_same_outputs(shrunk_repo):
     assert (repo / "data" / "dataset.h5").stat().st_mtime_ns == before
     with h5py.File(repo / "outputs" / "evaluation.h5") as f:
         assert len(f["history/loss"]) == 1
+
+
+@pytest.mark.slow
+def test_exp_run_with_an_outside_path_is_refused_and_deletes_nothing(baseline_repo, tmp_path):
+    """`dvc exp run -S paths.report=/abs/dir`: the first stage refuses in one line (DVC
+    alone fails with an empty message), and the directory's files survive."""
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious.txt").write_text("keep me\n")
+    proc = run(["dvc", "exp", "run", "-S", f"paths.report={victim}"], baseline_repo, check=False)
+    assert proc.returncode != 0
+    output = proc.stdout + proc.stderr
+    assert "error: data: 'paths.report'" in output and "outside the workspace" in output
+    assert (victim / "precious.txt").read_text() == "keep me\n"
+    assert sorted(p.name for p in victim.iterdir()) == ["precious.txt"]

@@ -151,20 +151,25 @@ def test_same_config_and_seed_give_identical_results_in_fresh_processes(tmp_path
     assert not np.array_equal(other, _datasets(first["attributions"])["methods/smoothgrad/maps"])
 
 
-def test_atomic_path_publishes_only_on_success_and_clears_killed_temporaries(tmp_path):
-    from pipeline.io import atomic_path
+def test_outputs_publish_only_on_success_and_clear_killed_temporaries(tmp_path):
+    from pipeline.workspace import StageOutputs
 
-    final = tmp_path / "out.h5"
-    killed = tmp_path / ".tmp-out.h5-abc.h5"  # what a SIGKILL inside the block leaves
+    final = tmp_path / "out.json"
+    killed = tmp_path / ".tmp-out.json-abc.json"  # what a SIGKILL inside a write leaves
     killed.write_bytes(b"partial")
     other = tmp_path / ".tmp-other.h5-abc.h5"  # another output's temporary: not ours
     other.write_bytes(b"partial")
-    with pytest.raises(RuntimeError), atomic_path(final) as tmp:
-        tmp.write_bytes(b"half")
+    outputs = {"out": (final, "json")}
+    with (
+        pytest.raises(RuntimeError),
+        StageOutputs(tmp_path, outputs) as out,
+        out.write("out") as tmp,
+    ):
+        tmp.write_text("{}")
         raise RuntimeError("stage failed")
     assert not final.exists() and not killed.exists() and other.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name]
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(b"complete")
-    assert final.read_bytes() == b"complete"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "out.h5"]
+    visible = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".kerascope"))
+    assert visible == [other.name]
+    with StageOutputs(tmp_path, outputs) as out, out.write("out") as tmp:
+        tmp.write_text('{"complete": 1}')
+    assert final.read_text() == '{"complete": 1}'

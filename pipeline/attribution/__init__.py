@@ -4,36 +4,39 @@ Every method is a pure function ``method(model, x, targets, **options) -> maps``
 over whole batches inside compiled ``tf.function``s, and never modifies the model. Scores
 are pre-softmax logits by default (a final softmax is bypassed on the fly, see
 :class:`pipeline.graph.LayerForward`); pass ``score="probabilities"`` for post-softmax.
+
+The package imports its TensorFlow modules on first use, so ``pipeline.attribution.options``
+(the methods' option dataclasses) can be read without TensorFlow.
 """
 
-from pipeline.attribution.faithfulness import deletion_insertion, randomization_sanity
-from pipeline.attribution.gradcam import gradcam, gradcam_plus_plus
-from pipeline.attribution.integrated_gradients import integrated_gradients
-from pipeline.attribution.saliency import saliency, smoothgrad
-from pipeline.attribution.scorecam import scorecam
-from pipeline.attribution.scores import check_targets, predicted_classes
+from __future__ import annotations
 
-METHODS = {
-    "saliency": saliency,
-    "smoothgrad": smoothgrad,
-    "integrated_gradients": integrated_gradients,
-    "gradcam": gradcam,
-    "gradcam_plus_plus": gradcam_plus_plus,
-    "scorecam": scorecam,
+import importlib
+
+from pipeline.attribution.options import CAM_METHODS, METHODS
+
+_EXPORTS = {
+    "saliency": "pipeline.attribution.gradients",
+    "smoothgrad": "pipeline.attribution.gradients",
+    "integrated_gradients": "pipeline.attribution.integrated",
+    "gradcam": "pipeline.attribution.cam",
+    "gradcam_plus_plus": "pipeline.attribution.cam",
+    "scorecam": "pipeline.attribution.score_cam",
+    "deletion_insertion": "pipeline.attribution.faithfulness",
+    "randomization_sanity": "pipeline.attribution.faithfulness",
+    "check_targets": "pipeline.attribution.scores",
+    "predicted_classes": "pipeline.attribution.scores",
 }
-CAM_METHODS = ("gradcam", "gradcam_plus_plus", "scorecam")
 
-__all__ = [
-    "CAM_METHODS",
-    "METHODS",
-    "check_targets",
-    "deletion_insertion",
-    "gradcam",
-    "gradcam_plus_plus",
-    "integrated_gradients",
-    "predicted_classes",
-    "randomization_sanity",
-    "saliency",
-    "scorecam",
-    "smoothgrad",
-]
+__all__ = ["CAM_METHODS", "METHODS", "method", *_EXPORTS]
+
+
+def method(name: str):
+    """The attribution function called ``name`` (one of :data:`METHODS`)."""
+    return __getattr__(name)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'pipeline.attribution' has no attribute '{name}'")

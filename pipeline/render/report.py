@@ -6,6 +6,7 @@ layer named ``<script>`` is shown as text and never runs.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 from dataclasses import dataclass, field
@@ -38,9 +39,22 @@ def esc(value) -> str:
 
 
 def anchor(*parts: str) -> str:
-    """A safe, unique-enough id for headings: letters, digits, '-' and '_' only."""
-    text = "-".join(parts)
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-") or "section"
+    """A safe, unique id (and file stem) for ``parts``: letters, digits, '-' and '_' only.
+
+    The ``/`` of nested layer paths becomes ``-`` (``base/dense`` -> ``base-dense``).
+    Where other characters are replaced (``a.b`` and ``a-b`` would both become ``a-b``),
+    a short hash of the original text is appended, so two layers never share a figure
+    file or a table-of-contents target.
+    """
+    lossy = False
+    safe_parts = []
+    for part in (str(p) for p in parts):
+        lossy = lossy or bool(re.search(r"[^A-Za-z0-9_/]", part))
+        safe_parts.append(re.sub(r"[^A-Za-z0-9_]+", "-", part).strip("-"))
+    safe = "-".join(p for p in safe_parts if p) or "section"
+    if lossy:
+        safe += "-" + hashlib.sha1("\0".join(map(str, parts)).encode()).hexdigest()[:8]
+    return safe
 
 
 @dataclass

@@ -1,7 +1,6 @@
-"""Thin DVC stage entry points: read a config section, call the library, write atomically."""
+"""Thin DVC stage entry points: read a config section, call the library, write atomically.
 
-from pipeline.config import quiet_tensorflow_import
-
-# Stage modules import TensorFlow at module level; silence its start-up lines first so
-# a user's one-line error is not buried under them.
-quiet_tensorflow_import()
+Each stage module has ``configure(params)``, which checks every setting and path it
+uses without importing TensorFlow (so a typo is reported at once), and ``run(job)``,
+which imports the tensor libraries and does the work.
+"""

@@ -7,7 +7,9 @@ per-layer health metrics to ``<paths.metrics>/extract.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import queue
 import sys
 import threading
@@ -15,20 +17,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
-import keras
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.activations import ActivationHealth, activation_kind, iter_activations
-from pipeline.artifacts import provenance_attrs, read_dataset_info, select_inputs, write_attrs
-from pipeline.config import one_of, positive, run_stage, section, to_yaml
-from pipeline.distribute import STRATEGIES, make_strategy
+from pipeline.artifacts import hdf5_name, provenance_attrs, write_attrs
+from pipeline.config import one_of, positive, run_stage, section, to_yaml, workspace_paths
+from pipeline.distribute import STRATEGIES
 from pipeline.errors import KerascopeError
-from pipeline.graph import list_layers, resolve_layers
-from pipeline.io import atomic_path, file_hash, remove_stale
-from pipeline.models import check_input_shape, load_model_file
+from pipeline.workspace import check_free_space, disk_full, hdf5_file, out_of_space, preflight
+
+if TYPE_CHECKING:
+    import keras
 
 COMPRESSIONS = ("none", "lzf", "gzip")
 
@@ -54,10 +56,14 @@ class ExtractConfig:
 
 
 def dataset_name(path: str, model_paths: set[str]) -> str:
-    """HDF5 name of a layer path; a nested model's own output goes to ``<path>/_output``."""
+    """HDF5 name of a layer path; a nested model's own output goes to ``<path>/_output``.
+
+    Path components HDF5 cannot hold as names (``.``, ``..``) are escaped; the
+    dataset's ``layer_path`` attribute keeps the real path.
+    """
     if any(other.startswith(path + "/") for other in model_paths):
-        return f"activations/{path}/_output"
-    return f"activations/{path}"
+        return f"activations/{hdf5_name(path)}/_output"
+    return f"activations/{hdf5_name(path)}"
 
 
 def default_layers(model: keras.Model, selection: Sequence[str] | None) -> list[str]:
@@ -66,6 +72,8 @@ def default_layers(model: keras.Model, selection: Sequence[str] | None) -> list[
     A nested model's output equals its last inner layer's, so ``all`` keeps only the
     inner one; ask for the model's path (``base``) explicitly to store it too.
     """
+    from pipeline.graph import resolve_layers
+
     selection = list(selection or ["all"])
     chosen = resolve_layers(model, selection)
     if selection == ["all"]:
@@ -101,8 +109,12 @@ def write_extraction(
         The per-layer health summary (:meth:`ActivationHealth.summary`).
 
     Raises:
-        KerascopeError: A layer output NaN/Inf and ``fail_on_nonfinite`` is set.
+        KerascopeError: A layer output NaN/Inf and ``fail_on_nonfinite`` is set, or the
+            file does not fit on its device.
     """
+    from pipeline.activations import ActivationHealth, activation_kind, iter_activations
+    from pipeline.graph import list_layers
+
     infos = {i.path: i for i in list_layers(model)}
     kinds = {p: activation_kind(model, p) for p in layers}
     health = ActivationHealth(kinds)
@@ -118,6 +130,10 @@ def write_extraction(
             rows = slice(batch.start, batch.start + size)
             arrays = _arrays(batch, layers, infos, np.asarray(x[rows]))
             if not datasets:
+                if compression is None and f.filename:
+                    # Refuse now rather than after minutes of work on a full disk.
+                    per_input = sum(v.nbytes // max(len(v), 1) for v in arrays.values())
+                    check_free_space(Path(f.filename), per_input * n)
                 datasets = {
                     name: _create(f, name, value, n, batch_size, compression)
                     for name, value in arrays.items()
@@ -197,6 +213,17 @@ class _BackgroundWriter:
             raise self._error
         self._queue.put(writes)
 
+    def _fail(self, exc: BaseException, dataset) -> BaseException:
+        if disk_full(exc):
+            # Free the file's blocks at once, so the flushes HDF5 still has to do while
+            # the error travels up (and when the file closes) find room and succeed.
+            filename = Path(dataset.file.filename)
+            free = out_of_space(filename)
+            with contextlib.suppress(OSError):
+                os.truncate(filename, 0)
+            return KerascopeError(free)
+        return exc
+
     def _work(self) -> None:
         while (writes := self._queue.get()) is not None:
             try:
@@ -204,7 +231,7 @@ class _BackgroundWriter:
                     for dataset, rows, value in writes:
                         dataset[rows] = value
             except BaseException as exc:  # re-raised in the caller's thread
-                self._error = exc
+                self._error = self._fail(exc, dataset)
 
     def __exit__(self, *exc_info) -> None:
         self._queue.put(None)
@@ -230,50 +257,81 @@ def _layer_attrs(datasets, batch, layers, infos, kinds) -> None:
         )
 
 
-def _extract(params: dict) -> None:
+@dataclass
+class ExtractRun:
+    """Everything the extract stage needs, validated."""
+
+    cfg: ExtractConfig
+    paths: dict[str, Path]
+    params: dict
+    safe_mode: bool
+    custom_modules: list[str]
+
+
+def configure(params: dict) -> ExtractRun:
+    """Validate the ``extract`` section and the paths (no TensorFlow)."""
+    paths = workspace_paths(params)
     cfg = section(params, "extract", ExtractConfig)
     positive("extract.batch_size", cfg.batch_size)
     one_of("extract.compression", cfg.compression, COMPRESSIONS)
-    paths = params["paths"]
-    metrics_path = Path(paths["metrics"]) / "extract.json"
-    # An old output must not survive a failed run and pass for this config's result.
-    remove_stale(paths["activations"])
-    remove_stale(metrics_path)
+    one_of("extract.strategy", cfg.strategy, STRATEGIES)
+    safe_mode = bool(params.get("model", {}).get("safe_mode", True))
+    custom_modules = list(params.get("model", {}).get("custom_modules") or [])
+    preflight(paths, "activations", metrics=["extract.json"])
+    return ExtractRun(cfg, paths, params, safe_mode, custom_modules)
+
+
+def run(job: ExtractRun) -> None:
+    """Stream the chosen layers' activations of the chosen inputs into HDF5."""
+    from pipeline.distribute import make_strategy
+
+    # Batches are split across the replicas of the configured strategy (several GPUs);
+    # the model is loaded inside its scope so each replica has its copy of the weights.
+    with make_strategy(job.cfg.strategy).scope():
+        _extract(job)
+
+
+def _extract(job: ExtractRun) -> None:
+    from pipeline.artifacts import read_dataset_info, select_inputs
+    from pipeline.models import check_input_shape, load_model_file
+    from pipeline.workspace import claim, file_hash
+
+    cfg, paths = job.cfg, job.paths
+    # Every input is checked before any output is touched.
     info = read_dataset_info(paths["dataset"])
     inputs = select_inputs(
         paths["dataset"], cfg.source, cfg.count, cfg.indices, cfg.npz_path, cfg.npz_key
     )
-    model = load_model_file(
-        paths["model"], safe_mode=params.get("model", {}).get("safe_mode", True)
-    )
+    model = load_model_file(paths["model"], job.safe_mode, job.custom_modules)
     check_input_shape(model, inputs.x.shape[1:])
     chosen = default_layers(model, cfg.layers)
-    started = time.perf_counter()
-    with atomic_path(paths["activations"]) as tmp, h5py.File(tmp, "w") as f:
-        write_attrs(f, provenance_attrs("activations", to_yaml(params)))
-        write_attrs(
-            f,
-            {
-                "model_hash": file_hash(paths["model"]),
-                "data_hash": info.data_hash,
-                "source": inputs.source,
-                "class_names": info.class_names,
-            },
-        )
-        f.create_dataset("labels", data=inputs.y)
-        f.create_dataset("index", data=inputs.index)
-        report = write_extraction(
-            f,
-            model,
-            inputs.x,
-            chosen,
-            batch_size=cfg.batch_size,
-            compression=None if cfg.compression == "none" else cfg.compression,
-            fail_on_nonfinite=cfg.fail_on_nonfinite,
-        )
-        f.attrs["health"] = json.dumps(report)
-    with atomic_path(metrics_path) as tmp:
-        tmp.write_text(json.dumps({"layers": report}, indent=2))
+    with claim(paths, "activations", metrics=["extract.json"]) as out:
+        started = time.perf_counter()
+        with out.write("activations") as tmp, hdf5_file(tmp) as f:
+            write_attrs(f, provenance_attrs("activations", to_yaml(job.params)))
+            write_attrs(
+                f,
+                {
+                    "model_hash": file_hash(paths["model"]),
+                    "data_hash": info.data_hash,
+                    "source": inputs.source,
+                    "class_names": info.class_names,
+                },
+            )
+            f.create_dataset("labels", data=inputs.y)
+            f.create_dataset("index", data=inputs.index)
+            report = write_extraction(
+                f,
+                model,
+                inputs.x,
+                chosen,
+                batch_size=cfg.batch_size,
+                compression=None if cfg.compression == "none" else cfg.compression,
+                fail_on_nonfinite=cfg.fail_on_nonfinite,
+            )
+            f.attrs["health"] = json.dumps(report)
+        with out.write("metrics/extract.json") as tmp:
+            tmp.write_text(json.dumps({"layers": report}, indent=2))
     elapsed = time.perf_counter() - started
     print(
         f"extract: {len(chosen)} layers x {len(inputs.x)} inputs in {elapsed:.1f} s "
@@ -282,15 +340,10 @@ def _extract(params: dict) -> None:
 
 
 def _main(params: dict) -> None:
-    # Batches are split across the replicas of the configured strategy (several GPUs);
-    # the model is loaded inside its scope so each replica has its copy of the weights.
-    name = section(params, "extract", ExtractConfig).strategy
-    one_of("extract.strategy", name, STRATEGIES)
-    with make_strategy(name).scope():
-        _extract(params)
+    run(configure(params))
 
 
-main = run_stage(_main)
+main = run_stage(configure, run)
 
 if __name__ == "__main__":
     main()

@@ -14,19 +14,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
-from pipeline.artifacts import provenance_attrs, read_dataset_info, read_split, write_attrs
-from pipeline.config import one_of, positive, run_stage, section, to_yaml
+from pipeline.artifacts import hdf5_name, provenance_attrs, write_attrs
+from pipeline.config import one_of, positive, run_stage, section, to_yaml, workspace_paths
 from pipeline.errors import KerascopeError
-from pipeline.graph import LayerForward, layer_info, list_layers
-from pipeline.io import atomic_path, file_hash
-from pipeline.maximization import OBJECTIVES, Objective, Settings, maximize, objective_kind
-from pipeline.maximization.objectives import check_units, objective_values
-from pipeline.maximization.parametrizations import PARAMETRIZATIONS
-from pipeline.models import load_model_file
+from pipeline.workspace import hdf5_file, preflight
+
+#: Objective kinds and parametrizations (the library's names; kept here so that checking
+#: the config does not import TensorFlow).
+OBJECTIVES = ("channel", "neuron", "unit", "class_logit", "direction")
+PARAMETRIZATIONS = ("pixel", "fourier")
 
 
 @dataclass
@@ -63,6 +62,8 @@ def keyword_layer(model, keyword: str) -> str | None:
     ``last_conv`` is the last convolution; ``last_hidden`` the last layer with weights
     and a flat (units,) output before the output layer.
     """
+    from pipeline.graph import list_layers
+
     infos = [i for i in list_layers(model) if not hasattr(i.layer, "layers")]
     output = infos[-1]
     if keyword == "output":
@@ -78,9 +79,12 @@ def keyword_layer(model, keyword: str) -> str | None:
     return hidden[-1].path if hidden else None
 
 
-def _probe_objective(model, objective: Objective, n_units: int, probe_x: np.ndarray):
+def _probe_objective(model, objective, n_units: int, probe_x: np.ndarray):
     """Objective value of every unit on every probe input: (inputs, units)."""
     import tensorflow as tf
+
+    from pipeline.graph import LayerForward
+    from pipeline.maximization.objectives import objective_values
 
     is_logit = objective.kind == "class_logit"
     forward = LayerForward(model, [] if is_logit else [objective.layer], logits=is_logit)
@@ -96,7 +100,10 @@ def _probe_objective(model, objective: Objective, n_units: int, probe_x: np.ndar
     return np.concatenate(values)
 
 
-def _resolve_target(model, target) -> tuple[Objective | None, Any]:
+def _resolve_target(model, target):
+    from pipeline.graph import layer_info
+    from pipeline.maximization import Objective, objective_kind
+
     if isinstance(target, str):
         target = {"layer": target}
     if not isinstance(target, dict) or "layer" not in target:
@@ -129,6 +136,8 @@ def _resolve_target(model, target) -> tuple[Objective | None, Any]:
 
 
 def _choose_units(spec, probe_values: np.ndarray, layer: str) -> np.ndarray:
+    from pipeline.maximization.objectives import check_units
+
     n_units = probe_values.shape[1]
     if spec == "all" or spec is None:
         return np.arange(n_units, dtype=np.int32)
@@ -145,7 +154,21 @@ def _choose_units(spec, probe_values: np.ndarray, layer: str) -> np.ndarray:
     return check_units(list(spec), n_units, layer)
 
 
-def _main(params: dict) -> None:
+@dataclass
+class MaximizeRun:
+    """Everything the maximize stage needs, validated."""
+
+    cfg: MaximizeConfig
+    seed: int
+    paths: dict[str, Path]
+    params: dict
+    safe_mode: bool
+    custom_modules: list[str]
+
+
+def configure(params: dict) -> MaximizeRun:
+    """Validate the ``maximize`` section and the paths (no TensorFlow)."""
+    paths = workspace_paths(params)
     cfg = section(params, "maximize", MaximizeConfig)
     positive("maximize.steps", cfg.steps)
     positive("maximize.learning_rate", cfg.learning_rate)
@@ -154,13 +177,28 @@ def _main(params: dict) -> None:
         positive("maximize.batch_size", cfg.batch_size)
     if not cfg.targets:
         raise KerascopeError("maximize.targets is empty; list layers such as [conv2, dense1]")
-    seed = int(params.get("seed", 0))
-    paths = params["paths"]
+    safe_mode = bool(params.get("model", {}).get("safe_mode", True))
+    custom_modules = list(params.get("model", {}).get("custom_modules") or [])
+    preflight(paths, "maximization", metrics=["maximize.json"])
+    return MaximizeRun(cfg, int(params.get("seed", 0)), paths, params, safe_mode, custom_modules)
+
+
+def run(job: MaximizeRun) -> None:
+    """Optimise an image per unit of every target and write them with reach ratios."""
+    _maximize(job)
+
+
+def _maximize(job: MaximizeRun) -> None:
+    from pipeline.artifacts import read_dataset_info, read_split
+    from pipeline.graph import layer_info
+    from pipeline.maximization import Settings, maximize
+    from pipeline.models import load_model_file
+    from pipeline.workspace import claim, file_hash
+
+    cfg, seed, paths, params = job.cfg, job.seed, job.paths, job.params
     info = read_dataset_info(paths["dataset"])
     probe = read_split(paths["dataset"], "probe")
-    model = load_model_file(
-        paths["model"], safe_mode=params.get("model", {}).get("safe_mode", True)
-    )
+    model = load_model_file(paths["model"], job.safe_mode, job.custom_modules)
     settings_dict = {k: v for k, v in asdict(cfg).items() if k != "targets"}
     settings = Settings(**{**settings_dict, "scale": tuple(cfg.scale), "seed": seed})
     plan = []
@@ -177,60 +215,66 @@ def _main(params: dict) -> None:
         probe_values = _probe_objective(model, objective, n_units, probe.x)
         units = _choose_units(spec, probe_values, objective.layer)
         plan.append((objective, units, probe_values))
-    total = sum(len(u) for _, u, _ in plan) * max(1, cfg.copies) * cfg.steps
-    progress = tqdm(total=total, desc="maximize", unit="step", disable=None, file=sys.stderr)
-    started = time.perf_counter()
-    metrics: dict[str, dict] = {}
-    with atomic_path(paths["maximization"]) as tmp, h5py.File(tmp, "w") as f:
-        write_attrs(f, provenance_attrs("maximization", to_yaml(params)))
-        write_attrs(
-            f,
-            {
-                "model_hash": file_hash(paths["model"]),
-                "data_hash": info.data_hash,
-                "class_names": info.class_names,
-            },
-        )
-        for objective, units, probe_values in plan:
-            progress.set_postfix_str(objective.layer)
-            result = maximize(
-                model, objective, units, info.value_range, settings, progress=progress.update
-            )
-            best = probe_values.max(axis=0)[result.units]
-            reach = np.where(
-                np.abs(best) > 1e-8, result.final / np.where(best == 0, 1, best), np.nan
-            )
-            group = f.create_group(objective.layer)
-            group.create_dataset(
-                "images", data=result.images.astype(np.float32), compression="gzip"
-            )
-            group.create_dataset("objective", data=result.objective.astype(np.float32))
-            group.create_dataset("final", data=result.final.astype(np.float32))
-            group.create_dataset("units", data=result.units)
-            group.create_dataset("copy", data=result.copy)
-            group.create_dataset("reach_ratio", data=reach.astype(np.float32))
-            group.create_dataset("best_probe_activation", data=best.astype(np.float32))
+    # Every target is resolved (above) before any output is touched.
+    with claim(paths, "maximization", metrics=["maximize.json"]) as out:
+        total = sum(len(u) for _, u, _ in plan) * max(1, cfg.copies) * cfg.steps
+        progress = tqdm(total=total, desc="maximize", unit="step", disable=None, file=sys.stderr)
+        started = time.perf_counter()
+        metrics: dict[str, dict] = {}
+        with out.write("maximization") as tmp, hdf5_file(tmp) as f:
+            write_attrs(f, provenance_attrs("maximization", to_yaml(params)))
             write_attrs(
-                group,
+                f,
                 {
-                    "layer_path": objective.layer,
-                    "objective": objective.kind,
-                    "settings": {**settings_dict, "seed": seed},
+                    "model_hash": file_hash(paths["model"]),
+                    "data_hash": info.data_hash,
+                    "class_names": info.class_names,
                 },
             )
-            finite = reach[np.isfinite(reach)]
-            metrics[objective.layer] = {
-                "mean_reach_ratio": float(finite.mean()) if len(finite) else float("nan"),
-                "units": int(len(units)),
-            }
-    progress.close()
-    with atomic_path(Path(paths["metrics"]) / "maximize.json") as tmp:
-        tmp.write_text(json.dumps(metrics, indent=2))
+            for objective, units, probe_values in plan:
+                progress.set_postfix_str(objective.layer)
+                result = maximize(
+                    model, objective, units, info.value_range, settings, progress=progress.update
+                )
+                best = probe_values.max(axis=0)[result.units]
+                reach = np.where(
+                    np.abs(best) > 1e-8, result.final / np.where(best == 0, 1, best), np.nan
+                )
+                group = f.create_group(hdf5_name(objective.layer))
+                group.create_dataset(
+                    "images", data=result.images.astype(np.float32), compression="gzip"
+                )
+                group.create_dataset("objective", data=result.objective.astype(np.float32))
+                group.create_dataset("final", data=result.final.astype(np.float32))
+                group.create_dataset("units", data=result.units)
+                group.create_dataset("copy", data=result.copy)
+                group.create_dataset("reach_ratio", data=reach.astype(np.float32))
+                group.create_dataset("best_probe_activation", data=best.astype(np.float32))
+                write_attrs(
+                    group,
+                    {
+                        "layer_path": objective.layer,
+                        "objective": objective.kind,
+                        "settings": {**settings_dict, "seed": seed},
+                    },
+                )
+                finite = reach[np.isfinite(reach)]
+                metrics[objective.layer] = {
+                    "mean_reach_ratio": float(finite.mean()) if len(finite) else float("nan"),
+                    "units": int(len(units)),
+                }
+        progress.close()
+        with out.write("metrics/maximize.json") as tmp:
+            tmp.write_text(json.dumps(metrics, indent=2))
     summary = ", ".join(f"{k}: {v['mean_reach_ratio']:.2f}" for k, v in metrics.items())
     print(f"maximize: {time.perf_counter() - started:.1f} s; mean reach ratio {summary}")
 
 
-main = run_stage(_main)
+def _main(params: dict) -> None:
+    run(configure(params))
+
+
+main = run_stage(configure, run)
 
 if __name__ == "__main__":
     main()

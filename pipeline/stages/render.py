@@ -21,11 +21,15 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.artifacts import open_artifact, read_json_attr
-from pipeline.config import one_of, positive, run_stage, section, to_yaml
+from pipeline.config import at_most, one_of, run_stage, section, to_yaml, workspace_paths
 from pipeline.errors import KerascopeError
-from pipeline.io import atomic_path, file_hash
-from pipeline.render import figures as fig_lib
 from pipeline.render.report import Section, anchor, build_html
+from pipeline.workspace import file_hash, preflight
+
+#: Upper bounds that keep a figure's pixel buffer in memory (a dpi of 10,000 would ask
+#: for gigabytes per figure).
+MAX_DPI = 600
+MAX_DRAWN = 4096
 
 LAYER_VIEWS = ("auto", "conv", "dense", "recurrent", "projection", "skip")
 
@@ -48,6 +52,12 @@ class RenderConfig:
     layer_views: dict[str, str] = field(default_factory=dict)
     formats: list[str] = field(default_factory=lambda: ["png"])
     dpi: int = 90
+
+
+def _figures():
+    from pipeline.render import figures
+
+    return figures
 
 
 class FigureWriter:
@@ -89,14 +99,10 @@ def _validate(cfg: RenderConfig) -> None:
         one_of(f"render.{key}", getattr(cfg, key), colormaps)
     for layer, view in cfg.layer_views.items():
         one_of(f"render.layer_views view for '{layer}'", view, LAYER_VIEWS)
-    for key in (
-        "max_inputs",
-        "max_channels",
-        "max_attribution_inputs",
-        "max_prediction_inputs",
-        "dpi",
-    ):
-        positive(f"render.{key}", getattr(cfg, key))
+    for key in ("max_inputs", "max_channels", "max_attribution_inputs", "max_prediction_inputs"):
+        at_most(f"render.{key}", getattr(cfg, key), MAX_DRAWN)
+    at_most("render.dpi", cfg.dpi, MAX_DPI)
+    at_most("render.projection_min_units", cfg.projection_min_units, 10**9)
 
 
 def _git_revision() -> str:
@@ -188,24 +194,24 @@ def _edges(model, infos) -> list[tuple[int, int]]:
     return sorted(edges)
 
 
-def _model_section(sec: Section, writer: FigureWriter, model_path: Path, safe_mode: bool) -> str:
+def _model_section(sec: Section, writer: FigureWriter, model_path: Path, job) -> str:
     if not model_path.exists():
         sec.text(f"Model: not computed ({model_path} not found; run the train stage).")
         return "not computed"
     from pipeline.graph import list_layers
     from pipeline.models import load_model_file
 
-    model = load_model_file(model_path, safe_mode=safe_mode)
+    model = load_model_file(model_path, job.safe_mode, job.custom_modules)
     infos = list_layers(model)
     rows = []
     for info in infos:
         params = 0 if hasattr(info.layer, "layers") else int(info.layer.count_params())
         rows.append((info.path, info.class_name, str(info.output_shape), params))
     sec.table(["layer", "type", "output shape", "parameters"], [list(r) for r in rows])
-    sec.figure(writer.save(fig_lib.summary_table(rows), "model_summary"), "Model summary")
+    sec.figure(writer.save(_figures().summary_table(rows), "model_summary"), "Model summary")
     boxes = [(info.path, info.class_name, str(info.output_shape)) for info in infos]
     sec.figure(
-        writer.save(fig_lib.architecture_diagram(boxes, _edges(model, infos)), "architecture"),
+        writer.save(_figures().architecture_diagram(boxes, _edges(model, infos)), "architecture"),
         "Architecture: layers in execution order, arrows along the data flow",
     )
     return file_hash(model_path)
@@ -222,14 +228,14 @@ def _training_section(sec: Section, writer: FigureWriter, path: Path, probe) -> 
         classes = read_json_attr(f, "class_names")
     if history:
         sec.figure(
-            writer.save(fig_lib.training_curves(history), "training_curves"),
+            writer.save(_figures().training_curves(history), "training_curves"),
             "Loss and accuracy per epoch",
         )
     else:
         sec.text("The model was loaded, not trained: no training curves.")
     sec.figure(
         writer.save(
-            fig_lib.confusion_matrix(labels, probs.argmax(-1), classes), "confusion_matrix"
+            _figures().confusion_matrix(labels, probs.argmax(-1), classes), "confusion_matrix"
         ),
         "Confusion matrix on the test split",
     )
@@ -237,7 +243,7 @@ def _training_section(sec: Section, writer: FigureWriter, path: Path, probe) -> 
         inputs, plabels, pprobs = probe
         sec.figure(
             writer.save(
-                fig_lib.prediction_grid(inputs, plabels, pprobs, classes), "prediction_grid"
+                _figures().prediction_grid(inputs, plabels, pprobs, classes), "prediction_grid"
             ),
             "Probe inputs: true and predicted labels",
         )
@@ -338,7 +344,7 @@ def _activation_section(
             if view == "conv":
                 acts = data[:shown]
                 for i in range(shown):
-                    fig = fig_lib.feature_maps(
+                    fig = _figures().feature_maps(
                         acts[i],
                         f"{layer}, {row_label(i)}",
                         cfg.cmap,
@@ -350,7 +356,7 @@ def _activation_section(
                         f"{layer}: feature maps of {row_label(i)}",
                     )
                 if inputs is not None and inputs.ndim == 4:
-                    fig = fig_lib.heatmap_overlays(
+                    fig = _figures().heatmap_overlays(
                         inputs,
                         acts,
                         f"{layer}: mean activation over the input",
@@ -359,7 +365,7 @@ def _activation_section(
                     sec.figure(writer.save(fig, f"overlay_{layer}"), f"{layer}: heatmap overlay")
             elif view == "recurrent":
                 for i in range(shown):
-                    fig = fig_lib.recurrent_activations(
+                    fig = _figures().recurrent_activations(
                         data[i], f"{layer}, {row_label(i)}", cfg.diverging_cmap
                     )
                     sec.figure(
@@ -370,7 +376,7 @@ def _activation_section(
                 flat = data[()].reshape(len(data), -1)
                 if view == "dense":
                     dead, saturated = _unit_flags(data, flat)
-                    fig = fig_lib.dense_activations(
+                    fig = _figures().dense_activations(
                         flat, layer, dead, saturated, shown, [row_label(i) for i in range(shown)]
                     )
                     sec.figure(
@@ -381,7 +387,7 @@ def _activation_section(
                     and len(flat) >= 3
                     and classes
                 ):
-                    fig = fig_lib.projection(
+                    fig = _figures().projection(
                         flat,
                         labels,
                         classes,
@@ -420,7 +426,7 @@ def _attribution_section(sec: Section, writer: FigureWriter, path: Path, cfg: Re
         score, target = f.attrs.get("score", "?"), f.attrs.get("target_mode", "?")
         sec.text(f"Scores: {score}; target: {target}; CAM layers: {layers or 'none'}.")
         sec.heading("Maps per input", "attribution-maps")
-        fig = fig_lib.attribution_grid(inputs, maps, targets, classes, cfg.attribution_cmap)
+        fig = _figures().attribution_grid(inputs, maps, targets, classes, cfg.attribution_cmap)
         sec.figure(
             writer.save(fig, "attributions"), "Input, then each method's map (own scale per map)"
         )
@@ -437,7 +443,9 @@ def _attribution_section(sec: Section, writer: FigureWriter, path: Path, cfg: Re
             }
             sec.heading("Deletion and insertion", "faithfulness")
             sec.figure(
-                writer.save(fig_lib.faithfulness_curves(fractions, curves, aucs), "faithfulness"),
+                writer.save(
+                    _figures().faithfulness_curves(fractions, curves, aucs), "faithfulness"
+                ),
                 f"Mean curves over {n_all} inputs; substrate: "
                 f"{group.attrs.get('substrate', '?')}; legend: mean AUC stored by the attribute "
                 "stage",
@@ -449,7 +457,8 @@ def _attribution_section(sec: Section, writer: FigureWriter, path: Path, cfg: Re
             sec.heading("Randomisation sanity check", "sanity")
             sec.figure(
                 writer.save(
-                    fig_lib.sanity_bars(finals, float(sanity.attrs.get("threshold", 0.5))), "sanity"
+                    _figures().sanity_bars(finals, float(sanity.attrs.get("threshold", 0.5))),
+                    "sanity",
                 ),
                 "Spearman correlation after randomising every layer",
             )
@@ -475,7 +484,7 @@ def _maximization_section(sec: Section, writer: FigureWriter, path: Path, classe
                     f"class {classes[u]}" if u < len(classes) else f"class {u}" for u in units
                 ]
             sec.heading(f"{layer} ({kind})", anchor("max", layer))
-            fig = fig_lib.maximization_grid(
+            fig = _figures().maximization_grid(
                 group["images"][()], units, group["reach_ratio"][()], f"{layer}: {kind}", labels
             )
             sec.figure(writer.save(fig, f"max_{layer}"), f"{layer}: optimised inputs")
@@ -539,16 +548,43 @@ def _layout(path: Path, stage: str):
         ) from None
 
 
-def _main(params: dict) -> None:
+@dataclass
+class RenderRun:
+    """Everything the render stage needs, validated."""
+
+    cfg: RenderConfig
+    paths: dict[str, Path]
+    params: dict
+    safe_mode: bool
+    custom_modules: list[str]
+
+
+def configure(params: dict) -> RenderRun:
+    """Validate the ``render`` section and the paths (no TensorFlow)."""
+    paths = workspace_paths(params)
     cfg = section(params, "render", RenderConfig)
     _validate(cfg)
-    paths = {k: Path(v) for k, v in params["paths"].items()}
-    safe_mode = params.get("model", {}).get("safe_mode", True)
+    safe_mode = bool(params.get("model", {}).get("safe_mode", True))
+    custom_modules = list(params.get("model", {}).get("custom_modules") or [])
+    preflight(paths, "report")
+    return RenderRun(cfg, paths, params, safe_mode, custom_modules)
+
+
+def run(job: RenderRun) -> None:
+    """Draw every figure from the upstream files and write the report directory."""
+    from pipeline.workspace import claim
+
+    with claim(job.paths, "report") as out:
+        _render(job, out)
+
+
+def _render(job: RenderRun, out) -> None:
+    cfg, paths, params = job.cfg, job.paths, job.params
     progress = tqdm(desc="render", unit="layer", disable=None, file=sys.stderr)
-    with atomic_path(paths["report"], directory=True) as tmp:
+    with out.write("report") as tmp:
         writer = FigureWriter(tmp, cfg.formats, cfg.dpi)
         model_sec = Section("Model", "model")
-        model_hash = _model_section(model_sec, writer, paths["model"], safe_mode)
+        model_hash = _model_section(model_sec, writer, paths["model"], job)
         act_sec = Section("Activations", "activations")
         with _layout(paths["activations"], "extract"):
             probe = _activation_section(act_sec, writer, paths["activations"], cfg, progress)
@@ -603,7 +639,11 @@ def _main(params: dict) -> None:
     print(f"render: {count} figures -> {paths['report'] / 'index.html'}")
 
 
-main = run_stage(_main)
+def _main(params: dict) -> None:
+    run(configure(params))
+
+
+main = run_stage(configure, run)
 
 if __name__ == "__main__":
     main()

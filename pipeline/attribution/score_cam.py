@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.gradcam import (
+from pipeline.attribution.cam import (
     CamResult,
     cam_layer,
     check_cam_shapes,

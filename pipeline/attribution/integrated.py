@@ -11,7 +11,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.saliency import gradient_step
+from pipeline.attribution.gradients import gradient_step
 from pipeline.attribution.scores import check_targets, compile_step, is_image, run_batched, spec
 from pipeline.errors import KerascopeError
 
