@@ -17,8 +17,14 @@ import h5py
 import keras
 import numpy as np
 
-from pipeline.activations import extract_activations
-from pipeline.stages.extract import default_layers, write_extraction
+from pipeline.activations import (
+    ActivationHealth,
+    default_layers,
+    extract_activations,
+    iter_activations,
+    layer_metas,
+)
+from pipeline.artifacts.activations import write_activations
 
 N = 2000
 BATCH = 256
@@ -26,9 +32,17 @@ BATCH = 256
 
 def kerascope_to_hdf5(model, x, path: str, compression=None) -> None:
     """What the extract stage runs: every layer, health statistics, streamed to a file."""
-    with h5py.File(path, "w") as f:
-        write_extraction(
-            f, model, x, default_layers(model, None), batch_size=BATCH, compression=compression
+    layers = default_layers(model, None)
+    metas = layer_metas(model, layers)
+    with h5py.File(path, "w", rdcc_nbytes=0) as f:
+        write_activations(
+            f,
+            iter_activations(model, x, layers, BATCH, stats=True),
+            [x],
+            metas,
+            ActivationHealth({m.path: m.activation for m in metas}),
+            batch_size=BATCH,
+            compression=compression,
         )
 
 

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from pipeline.distribute import replicas_in_scope, run_distributed
 from pipeline.errors import KerascopeError
-from pipeline.graph import LayerForward, compiled, layer_info, resolve_layers
+from pipeline.graph import LayerForward, compiled, layer_info, list_layers, resolve_layers
 
 #: Activation functions whose outputs are bounded, and which saturation zone they use.
 BOUNDED = {"tanh": "tanh", "sigmoid": "sigmoid", "softmax": "sigmoid", "hard_sigmoid": "sigmoid"}
@@ -272,6 +272,38 @@ def iter_activations(
                 p: {k: v.numpy() for k, v in s.items()} for p, s in batch_reductions.items()
             }
         yield Batch(start=start, outputs=list(outputs), activations=dict(taps), stats=reductions)
+
+
+def default_layers(model: keras.Model, selection: Sequence[str] | None) -> list[str]:
+    """Resolve a layer selection; ``all`` (the default) leaves out nested models' outputs.
+
+    A nested model's output equals its last inner layer's, so ``all`` keeps only the
+    inner one; ask for the model's path (``base``) explicitly to store it too.
+    """
+    selection = list(selection or ["all"])
+    chosen = resolve_layers(model, selection)
+    if selection == ["all"]:
+        chosen = [p for p in chosen if not any(q.startswith(p + "/") for q in chosen)]
+    return chosen
+
+
+def layer_metas(model: keras.Model, paths: Sequence[str]):
+    """What the activations file records about each layer (class, position, activation)."""
+    from pipeline.artifacts.activations import LayerMeta
+
+    infos = {i.path: i for i in list_layers(model)}
+    return [
+        LayerMeta(
+            path=path,
+            class_name=infos[path].class_name,
+            config_name=infos[path].layer.name,
+            position=infos[path].position,
+            call_index=infos[path].call_index,
+            activation=activation_kind(model, path),
+            is_model=any(other.startswith(path + "/") for other in infos),
+        )
+        for path in paths
+    ]
 
 
 def extract_activations(

@@ -21,9 +21,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 
+from pipeline.artifacts.attributions import read_attributions
 from pipeline.errors import KerascopeError
 from pipeline.workspace import atomic_path, inside_workspace
 
@@ -74,17 +74,16 @@ def load_experiment(repo: str, name: str, rev: str, path: str, metrics: dict):
     except Exception as exc:  # DVC raises many kinds; one line is enough here.
         reason = " ".join(str(exc).split())[:160]
         raise KerascopeError(f"cannot read '{path}' of experiment '{name}': {reason}") from None
-    with h5py.File(io.BytesIO(blob), "r") as h5:
-        methods = h5.get("methods", {})
-        return ExperimentAttributions(
-            name=name,
-            rev=rev,
-            inputs=h5["inputs"][()],
-            index=h5["index"][()] if "index" in h5 else np.arange(len(h5["inputs"])),
-            targets=h5["targets"][()],
-            maps={m: methods[m]["maps"][()] for m in methods},
-            metrics=metrics,
-        )
+    result = read_attributions(io.BytesIO(blob))
+    return ExperimentAttributions(
+        name=name,
+        rev=rev,
+        inputs=result.inputs,
+        index=result.index,
+        targets=result.targets,
+        maps={m: r.maps for m, r in result.methods.items()},
+        metrics=metrics,
+    )
 
 
 def _figure(method: str, experiments: list[ExperimentAttributions], max_inputs: int):

@@ -14,14 +14,15 @@ wrong type or an unknown key is a one-line error instead of a crash later on.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import functools
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -186,13 +187,15 @@ def load_params(overrides: Sequence[str] = (), root: str | Path | None = None) -
     return apply_overrides(params, overrides, root / CONF_DIR)
 
 
-def section(params: dict, name: str, schema: type[T]) -> T:
+def section(params: dict, name: str, schema: type[T], exclude: Sequence[str] = ()) -> T:
     """Validate one config section against a dataclass schema.
 
     Args:
         params: The full configuration.
         name: Top-level key, for example ``"train"``.
         schema: A dataclass whose fields are the section's keys.
+        exclude: Fields of the schema the section may not set (they come from
+            elsewhere, such as the top-level ``seed``).
 
     Returns:
         An instance of ``schema``.
@@ -205,7 +208,7 @@ def section(params: dict, name: str, schema: type[T]) -> T:
     raw = params[name]
     if not isinstance(raw, dict):
         raise KerascopeError(f"config section '{name}' must be a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(schema)}
+    fields = {f.name: f for f in dataclasses.fields(schema) if f.name not in exclude}
     for key in raw:
         if key not in fields:
             raise KerascopeError(
@@ -231,16 +234,121 @@ def section(params: dict, name: str, schema: type[T]) -> T:
     return obj
 
 
-def positive(name: str, value: int | float) -> None:
-    """Raise a one-line error unless ``value`` is > 0."""
-    if value is None or value <= 0:
-        raise KerascopeError(f"'{name}' must be a positive number, got {value!r}")
+@dataclass
+class Job(Generic[T]):
+    """What a stage's ``run`` receives: everything validated, nothing loaded yet.
+
+    Attributes:
+        cfg: The stage's own config section, validated against its schema.
+        paths: Every configured path, checked against the workspace.
+        params: The whole configuration (recorded in every output for provenance).
+        seed: The top-level seed.
+        safe_mode: ``model.safe_mode`` for stages that load the model.
+        custom_modules: ``model.custom_modules`` for stages that load the model.
+    """
+
+    stage: str
+    cfg: T
+    paths: dict[str, Path]
+    params: dict
+    seed: int = 0
+    safe_mode: bool = True
+    custom_modules: list[str] = field(default_factory=list)
+
+    def claim(self):
+        """Lock and clear this stage's outputs (see :class:`pipeline.workspace.StageOutputs`)."""
+        from pipeline.workspace import STAGE_OUTPUTS, claim
+
+        names, metrics = STAGE_OUTPUTS[self.stage]
+        return claim(self.paths, *names, metrics=metrics)
+
+    def load_model(self):
+        """``paths.model``, loaded with this job's safe_mode and custom modules."""
+        from pipeline.models import load_model_file
+
+        return load_model_file(self.paths["model"], self.safe_mode, self.custom_modules)
+
+    @contextlib.contextmanager
+    def tensor_work(self, options):
+        """Inside ``options.strategy``'s scope, yield :meth:`tensor_inputs`.
+
+        Batches are then split across the strategy's replicas (several GPUs), and the
+        model, loaded inside the scope, has a copy of its weights on each.
+        """
+        from pipeline.distribute import make_strategy
+
+        with make_strategy(options.strategy).scope():
+            yield self.tensor_inputs(options)
+
+    def tensor_inputs(self, options):
+        """The data set's description, the chosen inputs and the model that fits them.
+
+        Args:
+            options: A :class:`pipeline.artifacts.dataset.InputOptions`.
+
+        Raises:
+            KerascopeError: An unreadable upstream file, a bad selection, or a model
+                whose input shape does not fit the inputs.
+        """
+        from pipeline.artifacts.dataset import read_dataset_info
+        from pipeline.models import check_input_shape
+
+        info = read_dataset_info(self.paths["dataset"])
+        inputs = options.select(self.paths["dataset"])
+        model = self.load_model()
+        check_input_shape(model, inputs.x.shape[1:])
+        return info, inputs, model
+
+    @property
+    def config_yaml(self) -> str:
+        """The whole configuration as YAML."""
+        return to_yaml(self.params)
 
 
-def one_of(name: str, value: Any, valid: Sequence[Any]) -> None:
-    """Raise a one-line error unless ``value`` is one of ``valid``."""
-    if value not in valid:
-        raise KerascopeError(f"invalid {name} '{value}'; {choices_hint(str(value), valid)}")
+def make_job(
+    params: dict,
+    stage: str,
+    schema: type[T],
+    *,
+    section_name: str | None = None,
+    loads_model: bool = False,
+    exclude: Sequence[str] = (),
+) -> Job[T]:
+    """Validate what a stage reads and may write, without importing TensorFlow.
+
+    Args:
+        params: The full configuration.
+        stage: The stage (its outputs are :data:`pipeline.workspace.STAGE_OUTPUTS`'s
+            entry, checked to be absent or kerascope's own).
+        schema: Its section's dataclass; its ``check(prefix)`` method, if any, is called.
+        section_name: The config section, if not named after the stage.
+        loads_model: The stage loads ``paths.model`` (reads ``model.safe_mode`` and
+            ``model.custom_modules``).
+        exclude: Schema fields the section may not set.
+
+    Raises:
+        KerascopeError: One line, for the first problem found.
+    """
+    from pipeline.workspace import STAGE_OUTPUTS, preflight
+
+    name = section_name or stage
+    paths = workspace_paths(params)
+    cfg = section(params, name, schema, exclude)
+    if hasattr(cfg, "check"):
+        cfg.check(name)
+    names, metrics = STAGE_OUTPUTS[stage]
+    preflight(paths, *names, metrics=metrics)
+    model = params.get("model") if loads_model else None
+    model = model if isinstance(model, dict) else {}
+    return Job(
+        stage,
+        cfg,
+        paths,
+        params,
+        int(params.get("seed", 0) or 0),
+        bool(model.get("safe_mode", True)),
+        list(model.get("custom_modules") or []),
+    )
 
 
 def to_yaml(params: dict) -> str:
@@ -272,23 +380,10 @@ def quiet_tensorflow_import() -> None:
         os.close(devnull)
 
 
-def at_most(name: str, value: int | float, limit: int | float) -> None:
-    """Raise a one-line error unless ``0 < value <= limit``."""
-    positive(name, value)
-    if value > limit:
-        raise KerascopeError(f"'{name}' must be at most {limit}, got {value!r}")
+class Stage:
+    """A stage's command-line entry (call it) and in-process runner (:meth:`apply`).
 
-
-def in_range(name: str, value: float, lo: float, hi: float) -> None:
-    """Raise a one-line error unless ``lo <= value <= hi``."""
-    if value is None or not lo <= value <= hi:
-        raise KerascopeError(f"'{name}' must be in [{lo}, {hi}], got {value!r}")
-
-
-def run_stage(configure: Callable[[dict], T], run: Callable[[T], Any]) -> Callable[[], None]:
-    """Turn a stage's ``configure(params)`` and ``run(config)`` into a command-line entry.
-
-    The entry reads ``params.yaml`` plus command-line overrides and calls
+    Calling it reads ``params.yaml`` plus command-line overrides and calls
     ``configure``, which validates every setting and path the stage uses without
     importing TensorFlow, so a typo is reported in well under a second. Only then is
     TensorFlow imported and ``run`` called. A :class:`KerascopeError` becomes
@@ -297,15 +392,23 @@ def run_stage(configure: Callable[[dict], T], run: Callable[[T], Any]) -> Callab
     so an interrupted stage leaves its previous outputs or none.
     """
 
-    @functools.wraps(run)
-    def entry() -> None:
+    def __init__(self, configure: Callable[[dict], T], run: Callable[[T], Any]) -> None:
+        self.configure, self.run = configure, run
         spec = run.__globals__.get("__spec__")
-        stage = (spec.name if spec else run.__module__).rsplit(".", 1)[-1]
+        self.name = (spec.name if spec else run.__module__).rsplit(".", 1)[-1]
+
+    def apply(self, params: dict) -> None:
+        """Run the stage in this process on a configuration (as tests and notebooks do)."""
+        self.run(self.configure(params))
+
+    def __call__(self) -> None:
+        """Run from the command line (``python -m pipeline.stages.<name> key=value``)."""
+        stage = self.name
         try:
             params = load_params(sys.argv[1:])
-            config = configure(params)
+            job = self.configure(params)
             quiet_tensorflow_import()
-            run(config)
+            self.run(job)
         except KerascopeError as exc:
             print(f"error: {stage}: {exc}", file=sys.stderr)
             sys.exit(2)
@@ -337,7 +440,17 @@ def run_stage(configure: Callable[[dict], T], run: Callable[[T], Any]) -> Callab
             )
             sys.exit(2)
 
-    return entry
+
+def run_stage(configure: Callable[[dict], T], run: Callable[[T], Any], module: str = "") -> Stage:
+    """The :class:`Stage` of a module's ``configure`` and ``run``.
+
+    Pass the module's ``__name__``: under ``python -m pipeline.stages.<name>`` (where it
+    is ``"__main__"``) the stage runs at once.
+    """
+    stage = Stage(configure, run)
+    if module == "__main__":
+        stage()
+    return stage
 
 
 def write_params(root: str | Path | None = None) -> Path:

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import KerascopeError, choices_hint
+from pipeline.errors import (
+    KerascopeError,
+    check_choice,
+    check_positive,
+    check_range,
+    choices_hint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -569,6 +575,65 @@ def data_hash(*arrays: np.ndarray) -> str:
         digest.update(f"{arr.shape}{arr.dtype}".encode())
         digest.update(arr.tobytes())
     return f"sha256:{digest.hexdigest()}"
+
+
+@dataclass
+class DataOptions:
+    """The ``data`` config section: one schema for every source (unused keys are ignored).
+
+    Attributes:
+        name: One of :data:`SOURCES`.
+        val_fraction: Share of the non-test data used for validation.
+        test_fraction: Share held out for test; None: the source's official test split
+            (or 0.15 where it has none).
+        probe_per_class: Test examples of each class in the probe set.
+        limit: Keep only this many examples (stratified), for quick runs.
+        path: The ``.npz`` file or image folder.
+        x_key, y_key: Arrays of the ``.npz`` (``y_key`` None: unlabeled).
+        class_names: Names of the classes (labels are matched to them).
+        image_size: (height, width) folder images are resized to.
+        color_mode: ``rgb`` or ``grayscale`` for folder images.
+        skip_bad: Skip (and list) unreadable images instead of stopping.
+        allow_download: Let ``keras.datasets`` download a missing data set.
+    """
+
+    name: str = "mnist_sample"
+    val_fraction: float = 0.15
+    test_fraction: float | None = 0.15
+    probe_per_class: int = 2
+    limit: int | None = None
+    path: str | None = None
+    x_key: str = "x"
+    y_key: str | None = "y"
+    class_names: list[str] | None = None
+    image_size: list[int] = field(default_factory=lambda: [64, 64])
+    color_mode: str = "rgb"
+    skip_bad: bool = False
+    allow_download: bool = True
+
+    def check(self, prefix: str = "data") -> None:
+        """Raise a one-line error for an invalid value."""
+        check_choice("data source", self.name, SOURCES)
+        check_positive(f"{prefix}.probe_per_class", self.probe_per_class)
+        check_positive(f"{prefix}.limit", self.limit, optional=True)
+        for key in ("val_fraction", "test_fraction"):
+            if getattr(self, key) is not None:
+                check_range(f"{prefix}.{key}", getattr(self, key), 0, 1, high_open=True)
+        if self.test_fraction == 0:
+            raise KerascopeError(
+                f"'{prefix}.test_fraction' = 0 leaves no test split, but evaluation and the "
+                "probe set come from it; use a fraction in (0, 1), or null for the source's "
+                "official split"
+            )
+        if len(self.image_size) != 2:
+            raise KerascopeError(
+                f"'{prefix}.image_size' must be [height, width], got {list(self.image_size)}"
+            )
+        for side in self.image_size:
+            check_positive(f"{prefix}.image_size", side, at_most=4096)
+        check_choice(f"{prefix}.color_mode", self.color_mode, ("rgb", "grayscale"))
+        if self.name in ("npz", "image_folder") and not self.path:
+            raise KerascopeError(f"data source '{self.name}' needs {prefix}.path")
 
 
 def load_source(name: str, options: dict) -> RawData:

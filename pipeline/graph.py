@@ -69,8 +69,8 @@ class LayerInfo:
         return type(self.layer).__name__
 
 
-def _graph_of(model: keras.Model):
-    """Return the Functional graph that executes ``model``, or None for subclassed models."""
+def graph_of(model: keras.Model):
+    """The Functional graph that executes ``model``, or None for subclassed models."""
     if isinstance(model, keras.Sequential):
         functional = getattr(model, "_functional", None)
         if functional is None:
@@ -84,7 +84,7 @@ def _graph_of(model: keras.Model):
     return None
 
 
-def _ordered_nodes(graph) -> list:
+def ordered_nodes(graph) -> list:
     """The graph's computing nodes in execution order (deepest first, as Keras runs them)."""
     nodes = []
     for depth in sorted(graph._nodes_by_depth.keys(), reverse=True):
@@ -94,11 +94,11 @@ def _ordered_nodes(graph) -> list:
     return nodes
 
 
-def _node_names(graph) -> list[tuple[object, str, int]]:
-    """Pair each computing node with its local name (``name`` or ``name@k``)."""
+def node_names(graph) -> list[tuple[object, str, int]]:
+    """Each computing node of ``graph``, its local name (``name`` or ``name@k``), call index."""
     counts: dict[int, int] = {}
     named = []
-    for node in _ordered_nodes(graph):
+    for node in ordered_nodes(graph):
         op = node.operation
         k = counts.get(id(op), 0)
         counts[id(op)] = k + 1
@@ -128,16 +128,16 @@ def list_layers(model: keras.Model) -> list[LayerInfo]:
     infos: list[LayerInfo] = []
 
     def visit(graph, prefix: str) -> None:
-        for node, local, k in _node_names(graph):
+        for node, local, k in node_names(graph):
             op = node.operation
             path = f"{prefix}{local}"
             infos.append(LayerInfo(path, op, k, len(infos), _shape_without_batch(node)))
             if isinstance(op, keras.Model):
-                inner = _graph_of(op)
+                inner = graph_of(op)
                 if inner is not None:
                     visit(inner, f"{path}/")
 
-    graph = _graph_of(model)
+    graph = graph_of(model)
     if graph is None:
         raise KerascopeError(
             f"model '{model.name}' is a subclassed model with no layer graph; wrap its "
@@ -145,11 +145,6 @@ def list_layers(model: keras.Model) -> list[LayerInfo]:
         )
     visit(graph, "")
     return infos
-
-
-def layer_paths(model: keras.Model) -> list[str]:
-    """All layer paths of ``model`` in execution order (see the module docstring)."""
-    return [info.path for info in list_layers(model)]
 
 
 def resolve_layers(model: keras.Model, selection: str | Sequence[str]) -> list[str]:
@@ -209,25 +204,136 @@ def is_spatial(info: LayerInfo) -> bool:
     return info.output_shape is not None and len(info.output_shape) >= 2
 
 
-def last_spatial_layer(model: keras.Model) -> str:
-    """The path of the last layer whose output keeps spatial (or time) axes.
+#: Fewest positions per spatial axis a class activation map needs to say *where*.
+#: Selvaraju et al. (2017) map VGG-16's 14x14 conv5_3; 7x7 is the last block of a
+#: ResNet at 224x224. Smaller maps (a 4x4 class-score convolution before global
+#: pooling, say) mostly say "somewhere in the middle".
+MIN_CAM_EXTENT = 7
 
-    This is the default Grad-CAM layer (Selvaraju et al. 2017 use the last conv layer).
+#: Layer keywords that adapt a configuration to any architecture.
+KEYWORDS = ("output", "last_conv", "last_hidden")
+
+
+def _spatial_layers(model: keras.Model) -> list[LayerInfo]:
+    spatial = [
+        i for i in list_layers(model) if is_spatial(i) and not isinstance(i.layer, keras.Model)
+    ]
+    if not spatial:
+        raise KerascopeError(
+            f"model '{model.name}' has no layer with a spatial or time axis; class "
+            "activation maps need a convolutional or recurrent layer with return_sequences=True"
+        )
+    return spatial
+
+
+def default_cam_layer(model: keras.Model) -> str:
+    """The layer class activation maps use by default, and what ``last_conv`` names.
+
+    The rule: the last layer (nested model boxes skipped) whose output keeps every
+    spatial or time axis at :data:`MIN_CAM_EXTENT` or more positions and is not a
+    class-score map (as many channels as the model has outputs, with no layer holding
+    weights after it: the 1x1 convolution some nets put right before global pooling).
+    If no layer is that large, the last spatial layer.
 
     Raises:
         KerascopeError: The model has no layer with a spatial or temporal output.
     """
-    spatial = [
-        i for i in list_layers(model) if is_spatial(i) and not isinstance(i.layer, keras.Model)
+    spatial = _spatial_layers(model)
+    infos = [i for i in list_layers(model) if not isinstance(i.layer, keras.Model)]
+    outputs = int(model.outputs[0].shape[-1] or 0) if model.outputs else 0
+    weighted = [i.position for i in infos if i.layer.weights]
+    last_weighted = max(weighted) if weighted else -1
+
+    def class_scores(info: LayerInfo) -> bool:
+        return outputs > 1 and info.output_shape[-1] == outputs and info.position >= last_weighted
+
+    large = [
+        info
+        for info in spatial
+        if all(d is None or d >= MIN_CAM_EXTENT for d in info.output_shape[:-1])
+        and not class_scores(info)
     ]
-    # Prefer layers that come before the output's flattening; Reshape-like layers that
-    # only reshape the input are still valid spatial layers.
-    if not spatial:
-        raise KerascopeError(
-            f"model '{model.name}' has no layer with a spatial or time axis; Grad-CAM "
-            "needs a convolutional or recurrent layer with return_sequences=True"
+    return (large or spatial)[-1].path
+
+
+def keyword_layer(model: keras.Model, keyword: str) -> str | None:
+    """Resolve a layer keyword of :data:`KEYWORDS` to a layer path (None if none fits).
+
+    ``output``: the layer producing the (first) model output; ``last_conv``:
+    :func:`default_cam_layer`; ``last_hidden``: the last layer with weights and a flat
+    (units,) output before the output layer.
+    """
+    if keyword not in KEYWORDS:
+        raise KerascopeError(f"unknown layer keyword '{keyword}'; valid: {', '.join(KEYWORDS)}")
+    infos = [i for i in list_layers(model) if not isinstance(i.layer, keras.Model)]
+    if keyword == "output":
+        return infos[-1].path
+    if keyword == "last_conv":
+        try:
+            return default_cam_layer(model)
+        except KerascopeError:
+            return None
+    hidden = [
+        i
+        for i in infos[:-1]
+        if i.layer.weights and i.output_shape is not None and len(i.output_shape) == 1
+    ]
+    return hidden[-1].path if hidden else None
+
+
+def summary_rows(model: keras.Model) -> list[tuple[str, str, str, int]]:
+    """The model summary: (layer path, class name, output shape, parameters) per layer.
+
+    A nested model's own row counts no parameters: its layers are listed themselves.
+    """
+    return [
+        (
+            info.path,
+            info.class_name,
+            str(info.output_shape),
+            0 if isinstance(info.layer, keras.Model) else int(info.layer.count_params()),
         )
-    return spatial[-1].path
+        for info in list_layers(model)
+    ]
+
+
+def layer_edges(
+    model: keras.Model, infos: Sequence[LayerInfo] | None = None
+) -> list[tuple[int, int]]:
+    """Data-flow edges between the entries of :func:`list_layers`, from the Keras graph.
+
+    A nested model's entry feeds its first inner layers, and its consumers are fed by
+    its last inner layer, so the edges follow the data through the nested model.
+
+    Returns:
+        Sorted (from, to) index pairs into ``infos``.
+    """
+    infos = list(infos if infos is not None else list_layers(model))
+    index = {info.path: i for i, info in enumerate(infos)}
+    exits = {}
+    for i, info in enumerate(infos):
+        inner = [j for j, other in enumerate(infos) if other.path.startswith(info.path + "/")]
+        if inner:
+            exits[i] = max(inner)
+    edges: set[tuple[int, int]] = set()
+
+    def visit(graph, prefix: str, owner: int | None) -> None:
+        names = {id(node): f"{prefix}{local}" for node, local, _ in node_names(graph)}
+        for node, local, _ in node_names(graph):
+            here = index.get(f"{prefix}{local}")
+            if here is None:
+                continue
+            parents = [index.get(names.get(id(p))) for p in node.parent_nodes]
+            parents = [exits.get(i, i) for i in parents if i is not None]
+            if not parents and owner is not None:
+                parents = [owner]
+            edges.update((i, here) for i in parents)
+            inner = graph_of(node.operation) if isinstance(node.operation, keras.Model) else None
+            if inner is not None:
+                visit(inner, f"{prefix}{local}/", here)
+
+    visit(graph_of(model), "", None)
+    return sorted(edges)
 
 
 def _has_output_activation(op) -> str | None:
@@ -274,8 +380,6 @@ class LayerForward:
         logits: Bypass a final softmax/sigmoid so outputs are pre-activation scores
             (Simonyan et al. 2013 and Selvaraju et al. 2017 explain scores before
             softmax). The model itself is left untouched.
-        tap_fn: Optional hook applied to each captured tensor before it continues
-            through the graph; it must return a tensor of the same shape.
         preactivation: Layer paths computed without their activation function (a
             linear copy sharing the layer's variables), so a ReLU unit that is off still
             has a gradient; feature visualization optimises these pre-activations, as
@@ -288,7 +392,6 @@ class LayerForward:
         paths: Sequence[str] = (),
         *,
         logits: bool = False,
-        tap_fn: Callable | None = None,
         preactivation: Sequence[str] = (),
     ) -> None:
         self.model = model
@@ -300,7 +403,6 @@ class LayerForward:
                     f"no layer named '{path}'; {choices_hint(path, sorted(valid))}"
                 )
         self.logits = logits
-        self.tap_fn = tap_fn
         self._wanted = set(self.paths)
         self._replacements: dict[int, keras.layers.Layer] = {}
         self._by_path: dict[str, keras.layers.Layer] = {}
@@ -311,11 +413,11 @@ class LayerForward:
 
     def _prepare_logits(self, model: keras.Model) -> None:
         """Find the operations that produce the model outputs and plan their linear copies."""
-        graph = _graph_of(model)
+        graph = graph_of(model)
         if graph is None:
             return
         output_ids = {id(t) for t in graph.outputs}
-        for node in _ordered_nodes(graph):
+        for node in ordered_nodes(graph):
             if not any(id(t) in output_ids for t in node.outputs):
                 continue
             op = node.operation
@@ -333,7 +435,7 @@ class LayerForward:
         """Plan a linear copy of one layer call, so its tap is the pre-activation."""
 
         def visit(graph, prefix):
-            for node, local, _ in _node_names(graph):
+            for node, local, _ in node_names(graph):
                 here = f"{prefix}{local}"
                 if here == path:
                     op = node.operation
@@ -342,13 +444,13 @@ class LayerForward:
                         self._by_path[path] = _linear_copy(op, shape)
                     return True
                 inner = (
-                    _graph_of(node.operation) if isinstance(node.operation, keras.Model) else None
+                    graph_of(node.operation) if isinstance(node.operation, keras.Model) else None
                 )
                 if inner is not None and path.startswith(here + "/") and visit(inner, here + "/"):
                     return True
             return False
 
-        if not visit(_graph_of(model), ""):
+        if not visit(graph_of(model), ""):
             raise KerascopeError(f"no layer named '{path}'")
 
     def __call__(self, inputs):
@@ -379,16 +481,16 @@ class LayerForward:
     def _run(self, model, inputs, prefix: str, taps: dict):
         from keras.src import tree
 
-        graph = _graph_of(model)
+        graph = graph_of(model)
         flat_inputs = tree.flatten(inputs)
         tensors = {id(x): y for x, y in zip(graph.inputs, flat_inputs, strict=True)}
-        for node, local, _ in _node_names(graph):
+        for node, local, _ in node_names(graph):
             if any(id(x) not in tensors for x in node.input_tensors):
                 continue
             args, kwargs = node.arguments.fill_in(tensors)
             op = node.operation
             path = f"{prefix}{local}"
-            inner = _graph_of(op) if isinstance(op, keras.Model) else None
+            inner = graph_of(op) if isinstance(op, keras.Model) else None
             if inner is not None and (
                 any(p.startswith(path + "/") for p in (*self._wanted, *self._by_path))
                 or self.logits
@@ -400,8 +502,6 @@ class LayerForward:
             else:
                 outputs = self._call_op(op, args, kwargs)
             if path in self._wanted:
-                if self.tap_fn is not None:
-                    outputs = self.tap_fn(path, outputs)
                 taps[path] = outputs
             for x, y in zip(node.outputs, tree.flatten(outputs), strict=True):
                 tensors[id(x)] = y
@@ -411,11 +511,11 @@ class LayerForward:
 
 def model_outputs_are_probabilities(model: keras.Model) -> bool:
     """Whether the model ends in a softmax or sigmoid (so logits differ from outputs)."""
-    graph = _graph_of(model)
+    graph = graph_of(model)
     if graph is None:
         return False
     output_ids = {id(t) for t in graph.outputs}
-    for node in _ordered_nodes(graph):
+    for node in ordered_nodes(graph):
         if any(id(t) in output_ids for t in node.outputs):
             op = node.operation
             if isinstance(op, keras.Model):

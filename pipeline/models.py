@@ -1,20 +1,31 @@
 """The model zoo and safe loading of users' models.
 
 Builders return uncompiled Keras 3 models with named layers, so layer paths in configs
-and HDF5 files are stable across runs.
+and HDF5 files are stable across runs. Each builder's keyword parameters are its config
+options (``model.filters`` and so on): :func:`builder_options` reads them from the
+signature, so no option is declared twice. Keras is imported inside the functions, so
+checking a config does not import TensorFlow.
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
+import weakref
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import keras
+import numpy as np
 
-from pipeline.errors import KerascopeError, choices_hint
+from pipeline.distribute import STRATEGIES
+from pipeline.errors import KerascopeError, check_choice, check_positive, choices_hint
+
+if TYPE_CHECKING:
+    import keras
 
 
 def mnist_cnn(input_shape: Sequence[int], num_classes: int) -> keras.Model:
@@ -23,6 +34,8 @@ def mnist_cnn(input_shape: Sequence[int], num_classes: int) -> keras.Model:
     Conv2D(6, 5x5, relu) > MaxPooling2D(2) > Conv2D(10, 5x5, relu) > Flatten >
     Dense(256, relu) > Dense(num_classes, softmax).
     """
+    import keras
+
     return keras.Sequential(
         [
             keras.Input(tuple(input_shape), name="image"),
@@ -49,6 +62,8 @@ def vgg_small(
     Blocks whose input would shrink below 2x2 are dropped, so the model also fits 28x28
     and 8x8 inputs.
     """
+    import keras
+
     layers: list = [keras.Input(tuple(input_shape), name="image")]
     size = min(input_shape[0], input_shape[1])
     for b, width in enumerate(filters, start=1):
@@ -65,12 +80,21 @@ def vgg_small(
         ]
         size //= 2
     layers.append(keras.layers.Flatten(name="flatten"))
-    for d, units in enumerate(dense_units, start=1):
-        layers.append(keras.layers.Dense(units, activation="relu", name=f"fc{d}"))
+    layers += _dense_head(dense_units, dropout, num_classes, prefix="fc")
+    return keras.Sequential(layers, name="vgg_small")
+
+
+def _dense_head(units_per_layer, dropout: float, num_classes: int, prefix: str) -> list:
+    """ReLU dense layers (``<prefix>1``, ...), each with optional dropout, then softmax."""
+    import keras
+
+    layers: list = []
+    for d, units in enumerate(units_per_layer, start=1):
+        layers.append(keras.layers.Dense(units, activation="relu", name=f"{prefix}{d}"))
         if dropout:
             layers.append(keras.layers.Dropout(dropout, name=f"dropout{d}"))
     layers.append(keras.layers.Dense(num_classes, activation="softmax", name="predictions"))
-    return keras.Sequential(layers, name="vgg_small")
+    return layers
 
 
 def mlp(
@@ -80,16 +104,17 @@ def mlp(
     dropout: float = 0.0,
 ) -> keras.Model:
     """A multi-layer perceptron on the flattened input."""
-    layers: list = [
-        keras.Input(tuple(input_shape), name="image"),
-        keras.layers.Flatten(name="flatten"),
-    ]
-    for d, units in enumerate(dense_units, start=1):
-        layers.append(keras.layers.Dense(units, activation="relu", name=f"dense{d}"))
-        if dropout:
-            layers.append(keras.layers.Dropout(dropout, name=f"dropout{d}"))
-    layers.append(keras.layers.Dense(num_classes, activation="softmax", name="predictions"))
-    return keras.Sequential(layers, name="mlp")
+    import keras
+
+    head = _dense_head(dense_units, dropout, num_classes, prefix="dense")
+    return keras.Sequential(
+        [
+            keras.Input(tuple(input_shape), name="image"),
+            keras.layers.Flatten(name="flatten"),
+            *head,
+        ],
+        name="mlp",
+    )
 
 
 def lstm(
@@ -100,6 +125,8 @@ def lstm(
     Every LSTM but the last returns its full sequence, so the recurrent states over time
     can be inspected; sequence inputs (T, F) are used as they are.
     """
+    import keras
+
     shape = tuple(input_shape)
     layers: list = [keras.Input(shape, name="image")]
     if len(shape) == 3:
@@ -113,6 +140,149 @@ def lstm(
 
 BUILDERS = {"mnist_cnn": mnist_cnn, "vgg_small": vgg_small, "mlp": mlp, "lstm": lstm}
 MODEL_NAMES = (*BUILDERS, "pretrained")
+
+
+@dataclass
+class ModelSource:
+    """Where the model comes from: the ``model`` section's common keys.
+
+    Attributes:
+        name: A zoo model of :data:`MODEL_NAMES`, or ``pretrained``.
+        path: The user's model file (``pretrained``).
+        safe_mode: Refuse code from model files (see :func:`load_model_file`).
+        custom_modules: The user's modules that register custom layers.
+    """
+
+    name: str = "mnist_cnn"
+    path: str | None = None
+    safe_mode: bool = True
+    custom_modules: list[str] = field(default_factory=list)
+
+
+def read_model_section(raw) -> tuple[ModelSource, dict]:
+    """Split the ``model`` config section into its source and the builder's options.
+
+    Raises:
+        KerascopeError: Not a mapping, an unknown model, a wrong type, or an option the
+            builder does not take.
+    """
+    if not isinstance(raw, dict):
+        raise KerascopeError(f"config section 'model' must be a mapping, got {raw!r}")
+    common = {f.name for f in fields(ModelSource)}
+    source = ModelSource(**{k: v for k, v in raw.items() if k in common})
+    if source.name not in MODEL_NAMES:
+        raise KerascopeError(
+            f"invalid model '{source.name}'; {choices_hint(source.name, MODEL_NAMES)}"
+        )
+    if not isinstance(source.safe_mode, bool):
+        raise KerascopeError(
+            f"invalid value {source.safe_mode!r} for 'model.safe_mode'; expected a bool"
+        )
+    if not isinstance(source.custom_modules, list) or not all(
+        isinstance(m, str) for m in source.custom_modules
+    ):
+        raise KerascopeError(
+            f"invalid value {source.custom_modules!r} for 'model.custom_modules'; expected a "
+            "list of module names"
+        )
+    options = {k: v for k, v in raw.items() if k not in common}
+    if source.name == "pretrained":
+        if options:
+            key = sorted(options)[0]
+            raise KerascopeError(
+                f"model 'pretrained' has no option '{key}'; valid: "
+                + ", ".join(f"model.{k}" for k in common)
+            )
+        if not source.path:
+            raise KerascopeError("model 'pretrained' needs model.path (.keras, .h5 or SavedModel)")
+        return source, {}
+    return source, check_builder_options(source.name, options)
+
+
+@dataclass
+class TrainOptions:
+    """How the train stage fits a zoo model (the ``train`` config section).
+
+    Attributes:
+        epochs: Passes over the training split.
+        batch_size: Global batch (split over the strategy's replicas).
+        learning_rate: Adam's step size.
+        strategy: ``tf.distribute`` strategy name.
+        deterministic: Ask TensorFlow for deterministic kernels.
+    """
+
+    epochs: int = 12
+    batch_size: int = 64
+    learning_rate: float = 0.002
+    strategy: str = "auto"
+    deterministic: bool = False
+
+    def check(self, prefix: str = "train") -> None:
+        """Raise a one-line error for an invalid value."""
+        for key in ("epochs", "batch_size", "learning_rate"):
+            check_positive(f"{prefix}.{key}", getattr(self, key))
+        check_choice(f"{prefix}.strategy", self.strategy, STRATEGIES)
+
+
+def epoch_logger(log_metric, next_step):
+    """A Keras callback that logs each epoch's metrics as ``train/<m>`` and ``val/<m>``.
+
+    Args:
+        log_metric: ``(name, value)`` -> None, for example dvclive's ``Live.log_metric``.
+        next_step: Called after each epoch, for example ``Live.next_step``.
+    """
+    import keras
+
+    class EpochLogger(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            for key, value in (logs or {}).items():
+                if key == "learning_rate":
+                    continue
+                log_metric(
+                    f"val/{key[4:]}" if key.startswith("val_") else f"train/{key}", float(value)
+                )
+            next_step()
+
+    return EpochLogger()
+
+
+def builder_options(name: str) -> dict[str, object]:
+    """A zoo builder's options and their defaults, read from its signature.
+
+    The parameters after ``input_shape`` and ``num_classes`` are the options the
+    ``model`` config section may set for that model.
+    """
+    parameters = list(inspect.signature(BUILDERS[name]).parameters.values())[2:]
+    return {p.name: p.default for p in parameters}
+
+
+def check_builder_options(name: str, options: dict) -> dict:
+    """Validate ``model.*`` options against the builder's signature (no TensorFlow).
+
+    Raises:
+        KerascopeError: An option the builder does not take, or a value whose type does
+            not match the default's (a list of numbers, a number).
+    """
+    valid = builder_options(name)
+    for key, value in options.items():
+        if key not in valid:
+            raise KerascopeError(
+                f"model '{name}' has no option '{key}'; "
+                + (choices_hint(key, [f"model.{k}" for k in valid]) if valid else "it takes none")
+            )
+        default = valid[key]
+        if isinstance(default, list | tuple):
+            ok = isinstance(value, list | tuple) and all(
+                isinstance(v, int | float) and not isinstance(v, bool) for v in value
+            )
+        elif isinstance(default, int | float) and not isinstance(default, bool):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        else:
+            ok = True
+        if not ok:
+            kind = "a list of numbers" if isinstance(default, list | tuple) else "a number"
+            raise KerascopeError(f"invalid value {value!r} for 'model.{key}'; expected {kind}")
+    return options
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int, **options) -> keras.Model:
@@ -175,6 +345,8 @@ def _serialized_objects(config, owner: str = "") -> list[tuple[str, dict]]:
 
 
 def _is_builtin(obj: dict) -> bool:
+    import keras
+
     module = str(obj.get("module") or "")
     class_name = str(obj.get("class_name"))
     if module == "builtins" or class_name == "function":
@@ -212,6 +384,8 @@ def _code_needed(config) -> tuple[str, str, str] | None:
         (kind, what, layer) for a Lambda layer or an unregistered custom class/function,
         or None.
     """
+    import keras
+
     for layer, obj in _serialized_objects(config):
         class_name = str(obj.get("class_name"))
         if class_name == "Lambda":
@@ -295,6 +469,15 @@ def valid_scope_name(name: str) -> str:
     return text if _ROOT_START.match(text) else f"L{text}"
 
 
+#: Layers renamed at loading, per model (see :func:`renamed_layers`).
+_RENAMED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def renamed_layers(model: keras.Model) -> dict[str, str]:
+    """Old name -> new name of the layers :func:`load_model_file` renamed in ``model``."""
+    return dict(_RENAMED.get(model, {}))
+
+
 def rename_invalid_layers(model: keras.Model) -> dict[str, str]:
     """Rename (in memory) layers whose names TensorFlow cannot use as scope names.
 
@@ -343,6 +526,8 @@ def load_model_file(
         KerascopeError: Missing, truncated or not a model, or code that safe mode or the
             registry refuses.
     """
+    import keras
+
     path = Path(path)
     if not path.exists():
         raise KerascopeError(f"model file '{path}' does not exist")
@@ -388,6 +573,7 @@ def load_model_file(
             ) from None
         raise KerascopeError(f"cannot load model '{path}': {message[:300]}") from None
     renamed = rename_invalid_layers(model)
+    _RENAMED[model] = renamed
     if renamed:
         pairs = ", ".join(f"'{a}' -> '{b}'" for a, b in renamed.items())
         print(f"note: renamed layers TensorFlow cannot use as scope names: {pairs}")
@@ -396,6 +582,7 @@ def load_model_file(
 
 def _load_saved_model(path: Path) -> keras.Model:
     """Wrap a TensorFlow SavedModel as a Keras model (inference only, no inner layers)."""
+    import keras
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(path))
@@ -409,6 +596,28 @@ def _load_saved_model(path: Path) -> keras.Model:
     if isinstance(outputs, dict):
         outputs = list(outputs.values())[0]
     return keras.Model(inputs, outputs, name=path.name)
+
+
+@dataclass
+class Scores:
+    """A classifier's outputs on labelled inputs, and their loss and accuracy."""
+
+    probabilities: np.ndarray
+    loss: float
+    accuracy: float
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Scores:
+    """Predict ``x`` and score the predictions against the labels ``y``.
+
+    The loss is the mean sparse categorical cross-entropy of the outputs.
+    """
+    import keras
+
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    loss = float(keras.losses.sparse_categorical_crossentropy(y, probabilities).numpy().mean())
+    accuracy = float(np.mean(np.argmax(probabilities, axis=-1) == y))
+    return Scores(np.asarray(probabilities, np.float32), loss, accuracy)
 
 
 def check_input_shape(model: keras.Model, input_shape: Sequence[int]) -> None:

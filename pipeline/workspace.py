@@ -48,6 +48,15 @@ PATH_KINDS = {
     "metrics": "metrics",
     "report": "report",
 }
+#: What each stage writes: configured outputs, and files inside ``paths.metrics``.
+STAGE_OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "data": (("dataset",), ()),
+    "train": (("model", "evaluation", "live"), ()),
+    "extract": (("activations",), ("extract.json",)),
+    "attribute": (("attributions",), ("attribute.json",)),
+    "maximize": (("maximization",), ("maximize.json",)),
+    "render": (("report",), ()),
+}
 #: Kinds written as HDF5 files whose ``kerascope_format`` attribute names the kind.
 HDF5_KINDS = ("dataset", "evaluation", "activations", "attributions", "maximization")
 #: Kinds written as whole directories carrying :data:`MARKER`.

@@ -145,7 +145,7 @@ def write_tiny_project(root, n=40, model=None):
             f.create_dataset(f"{split}/x", data=x)
             f.create_dataset(f"{split}/y", data=y)
         f.create_dataset("probe/index", data=np.arange(n))
-        write_attrs(f, provenance_attrs("dataset"))
+        write_attrs(f, provenance_attrs("dataset", 1))
         write_attrs(
             f,
             {

@@ -8,7 +8,7 @@ from conftest import REPO
 
 from pipeline.config import apply_overrides, compose, section
 from pipeline.errors import KerascopeError
-from pipeline.stages.train import TrainConfig
+from pipeline.stages.train import TrainOptions
 
 
 def test_params_yaml_is_the_composition_of_conf():
@@ -62,6 +62,6 @@ def test_bad_overrides_are_one_line(override, fragment):
 def test_wrong_type_is_one_line():
     params = compose(["train.epochs=abc"], conf_dir=REPO / "conf")
     with pytest.raises(KerascopeError) as info:
-        section(params, "train", TrainConfig)
+        section(params, "train", TrainOptions)
     assert "train.epochs" in str(info.value) and "abc" in str(info.value)
     assert "\n" not in str(info.value)

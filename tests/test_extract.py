@@ -153,7 +153,7 @@ def test_stage_writes_the_documented_layout(tmp_path, monkeypatch):
     params["extract"] = {"batch_size": 16, "compression": "lzf"}
     _main(params)
     with h5py.File(params["paths"]["activations"]) as f:
-        assert f.attrs["kerascope_format"] == "activations/1"
+        assert f.attrs["kerascope_format"] == "activations/2"
         for key in (
             "model_hash",
             "data_hash",

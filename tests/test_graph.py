@@ -10,8 +10,8 @@ import tensorflow as tf
 from pipeline.errors import KerascopeError
 from pipeline.graph import (
     LayerForward,
-    last_spatial_layer,
-    layer_paths,
+    default_cam_layer,
+    list_layers,
     model_outputs_are_probabilities,
     resolve_layers,
 )
@@ -39,10 +39,16 @@ def _nested():
 
 def test_paths_of_nested_models_and_selection():
     model = _nested()
-    assert layer_paths(model) == ["base", "base/block1_conv1", "base/block1_conv2", "gap", "head"]
+    assert [i.path for i in list_layers(model)] == [
+        "base",
+        "base/block1_conv1",
+        "base/block1_conv2",
+        "gap",
+        "head",
+    ]
     assert resolve_layers(model, "base/*") == ["base/block1_conv1", "base/block1_conv2"]
     assert resolve_layers(model, ["Dense", "gap"]) == ["gap", "head"]
-    assert last_spatial_layer(model) == "base/block1_conv2"
+    assert default_cam_layer(model) == "base/block1_conv2"
     with pytest.raises(KerascopeError, match="did you mean 'base/block1_conv1'"):
         resolve_layers(model, "base/block1_con1")
 
@@ -86,7 +92,7 @@ def test_shared_layer_calls_are_addressed_separately():
     shared = keras.layers.Dense(2, name="shared")
     merged = keras.layers.Add(name="add")([shared(a), shared(b)])
     model = keras.Model([a, b], merged)
-    assert layer_paths(model) == ["shared", "shared@1", "add"]
+    assert [i.path for i in list_layers(model)] == ["shared", "shared@1", "add"]
     xa = np.ones((1, 4), np.float32)
     xb = 2 * xa
     _, taps = LayerForward(model, ["shared", "shared@1"])([xa, xb])

@@ -14,7 +14,6 @@ import pytest
 from conftest import write_tiny_project
 from PIL import Image
 
-from pipeline.artifacts import provenance_attrs, write_attrs
 from pipeline.render import figures as fig_lib
 
 EVIL = "<img src=x onerror=alert(1)>"
@@ -51,15 +50,7 @@ def _project(tmp_path, n=12, channels=3, model=None):
     from pipeline.stages.maximize import _main as maximize
 
     params, x, model = write_tiny_project(tmp_path, n=n, model=model)
-    with h5py.File(params["paths"]["evaluation"], "w") as f:
-        write_attrs(f, provenance_attrs("evaluation"))
-        write_attrs(f, {"class_names": list("abcd")})
-        f["test/labels"] = np.arange(n) % 4
-        f["test/probabilities"] = model.predict(x, verbose=0)
-        f["history/loss"] = [1.0, 0.5]
-        f["history/val_loss"] = [1.1, 0.7]
-        f["history/accuracy"] = [0.5, 0.8]
-        f["history/val_accuracy"] = [0.4, 0.7]
+    _evaluation(params, model, model.predict(x, verbose=0))
     params["extract"] = {}
     params["attribute"] = {
         "smoothgrad": {"samples": 2},
@@ -72,6 +63,31 @@ def _project(tmp_path, n=12, channels=3, model=None):
     attribute(params)
     maximize(params)
     return params
+
+
+def _evaluation(params, model, probabilities):
+    """The evaluation file as the train stage writes it (its writer, its model summary)."""
+    from pipeline.artifacts.evaluation import Evaluation, LayerRow, write_evaluation
+    from pipeline.graph import layer_edges, summary_rows
+    from pipeline.workspace import file_hash
+
+    evaluation = Evaluation(
+        class_names=list("abcd"),
+        labels=np.arange(len(probabilities)) % 4,
+        probabilities=probabilities,
+        history={
+            "loss": [1.0, 0.5],
+            "val_loss": [1.1, 0.7],
+            "accuracy": [0.5, 0.8],
+            "val_accuracy": [0.4, 0.7],
+        },
+        trained=True,
+        model_hash=file_hash(params["paths"]["model"]),
+        data_hash="sha256:test",
+        layers=[LayerRow(*row) for row in summary_rows(model)],
+        edges=layer_edges(model),
+    )
+    write_evaluation(params["paths"]["evaluation"], evaluation, "")
 
 
 def _wide_model(channels=3):
@@ -89,8 +105,8 @@ def _poison(params):
     """Hostile names where a downloaded model or a config could put them.
 
     TensorFlow cannot run a layer with such a name, so the tensors come from a normal
-    model; the names reach the report through the model file's summary, the HDF5
-    layer attributes and the config.
+    model; the names reach the report through the model summary the train stage
+    records, the HDF5 layer attributes and the config.
     """
     evil = keras.Sequential(
         [
@@ -99,7 +115,9 @@ def _poison(params):
             keras.layers.Flatten(name="<script>alert(1)"),
         ]
     )
-    evil.save(params["paths"]["model"])
+    with h5py.File(params["paths"]["evaluation"]) as f:
+        probabilities = f["test/probabilities"][()]
+    _evaluation(params, evil, probabilities)
     with h5py.File(params["paths"]["activations"], "a") as f:
         f["activations/conv"].attrs["layer_path"] = EVIL
     params["data"] = {"name": EVIL}

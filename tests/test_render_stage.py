@@ -27,6 +27,7 @@ METHODS = ["saliency", "gradcam"]
 
 def _layer(f, path, data, class_name, position, activation="relu"):
     dset = f.create_dataset(f"activations/{path}", data=data)
+    units = data.reshape(-1, data.shape[-1])
     write_attrs(
         dset,
         {
@@ -37,6 +38,8 @@ def _layer(f, path, data, class_name, position, activation="relu"):
             "position": position,
             "call_index": 0,
             "activation": activation,
+            "dead_units": units.max(axis=0) <= 0,
+            "saturated_units": np.zeros(units.shape[1], bool),
         },
     )
 
@@ -49,14 +52,37 @@ def synthetic_project(root: Path, n: int = 10, channels: int = 5) -> dict:
     labels = np.arange(n) % 4
     probs = RNG.dirichlet(np.ones(4), size=n).astype("float32")
     with h5py.File(paths["evaluation"], "w") as f:
-        write_attrs(f, provenance_attrs("evaluation"))
-        write_attrs(f, {"class_names": CLASSES})
+        write_attrs(f, provenance_attrs("evaluation", 2))
+        write_attrs(
+            f,
+            {
+                **hashes,
+                "class_names": CLASSES,
+                "trained": True,
+                "layers": [
+                    {
+                        "path": "conv",
+                        "class_name": "Conv2D",
+                        "output_shape": "(6, 6, 3)",
+                        "params": 30,
+                    },
+                    {
+                        "path": "flat",
+                        "class_name": "Flatten",
+                        "output_shape": "(108,)",
+                        "params": 0,
+                    },
+                    {"path": "out", "class_name": "Dense", "output_shape": "(4,)", "params": 436},
+                ],
+                "edges": [[0, 1], [1, 2]],
+            },
+        )
         f["test/labels"] = labels
         f["test/probabilities"] = probs
         for key, values in (("loss", [1.0, 0.6]), ("val_loss", [1.1, 0.8])):
             f[f"history/{key}"] = values
     with h5py.File(paths["activations"], "w") as f:
-        write_attrs(f, provenance_attrs("activations"))
+        write_attrs(f, provenance_attrs("activations", 2))
         write_attrs(f, {**hashes, "source": "probe", "class_names": CLASSES})
         f["inputs"], f["labels"], f["predictions"], f["index"] = x, labels, probs, np.arange(n)
         conv = np.maximum(RNG.normal(size=(n, 6, 6, channels)), 0).astype("float32")
@@ -67,7 +93,7 @@ def synthetic_project(root: Path, n: int = 10, channels: int = 5) -> dict:
         _layer(f, "lstm", RNG.normal(size=(n, 7, 4)).astype("float32"), "LSTM", 2, "tanh")
         f.attrs["health"] = json.dumps({"conv": {"dead_fraction": 0.0}})
     with h5py.File(paths["attributions"], "w") as f:
-        write_attrs(f, provenance_attrs("attributions"))
+        write_attrs(f, provenance_attrs("attributions", 1))
         write_attrs(f, {**hashes, "class_names": CLASSES, "methods": METHODS})
         f["inputs"], f["targets"], f["labels"] = x, labels, labels
         f["probabilities"], f["index"] = probs, np.arange(n)
@@ -85,7 +111,7 @@ def synthetic_project(root: Path, n: int = 10, channels: int = 5) -> dict:
             f[f"sanity/{method}"] = np.array([0.8, 0.2])
             write_attrs(f[f"sanity/{method}"], {"layers": ["out", "conv"]})
     with h5py.File(paths["maximization"], "w") as f:
-        write_attrs(f, provenance_attrs("maximization"))
+        write_attrs(f, provenance_attrs("maximization", 1))
         write_attrs(f, {**hashes, "class_names": CLASSES})
         for layer, kind, units in (("conv", "channel", 3), ("out", "class_logit", 4)):
             group = f.create_group(layer)
@@ -167,12 +193,9 @@ def test_a_missing_upstream_file_is_reported_as_not_computed(tmp_path, missing):
     assert section in page
 
 
-def test_wrong_layout_and_truncated_files_are_one_line_errors_and_remove_the_old_report(
-    tmp_path,
-):
+def test_wrong_layout_and_truncated_files_are_one_line_errors_and_keep_the_old_report(tmp_path):
     params = synthetic_project(tmp_path)
     report, first = _render(params)
-    assert (report / "index.html").exists()
     with h5py.File(params["paths"]["attributions"], "a") as f:
         del f["targets"]
     with pytest.raises(KerascopeError, match="expected layout.*dvc repro attribute"):
@@ -183,9 +206,9 @@ def test_wrong_layout_and_truncated_files_are_one_line_errors_and_remove_the_old
     with pytest.raises(KerascopeError, match="truncated or not an HDF5 file") as err:
         _render(params)
     assert "\n" not in str(err.value)
-    # Like every stage, a failed render leaves no report that could pass for this
-    # config's result (the old one is removed first), and no temporary directory.
-    assert not report.exists()
+    # Like every stage, render checks its inputs before it touches its output: the failed
+    # runs changed nothing and left no temporary directory behind.
+    assert (report / "index.html").read_text() == first
     assert not list(tmp_path.glob("outputs/.tmp-*"))
 
 
@@ -231,7 +254,8 @@ def test_bad_render_config_is_a_one_line_error_before_any_output(tmp_path, overr
 
 
 def test_dead_and_saturated_flags_follow_the_extract_rules(tmp_path):
-    from pipeline.stages.render import _unit_flags
+    """Extract stores per-unit flags by the documented rules; render draws them as stored."""
+    from pipeline.activations import ActivationHealth
 
     acts = np.abs(RNG.normal(size=(50, 40))).astype("float32")
     acts[:, 5] = 0.0
@@ -240,27 +264,25 @@ def test_dead_and_saturated_flags_follow_the_extract_rules(tmp_path):
     # Independent computation of the documented rules (README, extract stage).
     dead = acts.max(axis=0) <= 0
     saturated = acts.mean(axis=0) > acts.mean() + 4 * acts.std()
-    with h5py.File(tmp_path / "a.h5", "w") as f:
-        f["x"] = acts
-        f["x"].attrs["layer_path"], f["x"].attrs["activation"] = "x", "relu"
-        got_dead, got_saturated = _unit_flags(f["x"], acts)
-        np.testing.assert_array_equal(got_dead, dead)
-        np.testing.assert_array_equal(got_saturated, saturated)
-        assert got_dead.sum() == 2 and got_saturated.sum() == 1
-        # Bounded activations: saturated = at least 95% of values in tanh's flat zone.
-        tanh = np.tanh(RNG.normal(size=(40, 6))).astype("float32")
-        tanh[:, 2] = 0.999
-        tanh[:2, 2] = 0.0  # 95% of 40 values stay saturated
-        f["t"] = tanh
-        f["t"].attrs["layer_path"], f["t"].attrs["activation"] = "t", "tanh"
-        _, sat = _unit_flags(f["t"], tanh)
-        np.testing.assert_array_equal(sat, (np.abs(tanh) > 0.99).mean(axis=0) >= 0.95)
-        assert sat.tolist() == [False, False, True, False, False, False]
+    health = ActivationHealth({"x": "relu", "t": "tanh"})
+    health.update({"x": acts[:20]})
+    health.update({"x": acts[20:]})  # streamed in two batches, as extract does
+    units = health.per_unit("x")
+    np.testing.assert_array_equal(units["dead"], dead)
+    np.testing.assert_array_equal(units["saturated"], saturated)
+    assert dead.sum() == 2 and saturated.sum() == 1
+    # Bounded activations: saturated = at least 95% of values in tanh's flat zone.
+    tanh = np.tanh(RNG.normal(size=(40, 6))).astype("float32")
+    tanh[:, 2] = 0.999
+    tanh[:2, 2] = 0.0  # 95% of 40 values stay saturated
+    health.update({"t": tanh})
+    sat = health.per_unit("t")["saturated"]
+    np.testing.assert_array_equal(sat, (np.abs(tanh) > 0.99).mean(axis=0) >= 0.95)
+    assert sat.tolist() == [False, False, True, False, False, False]
 
 
 def test_architecture_edges_follow_the_keras_graph():
-    from pipeline.graph import list_layers
-    from pipeline.stages.render import _edges
+    from pipeline.graph import layer_edges, list_layers
 
     inputs = keras.Input((6, 6, 1))
     a = keras.layers.Conv2D(2, 3, padding="same", name="a")(inputs)
@@ -275,7 +297,7 @@ def test_architecture_edges_follow_the_keras_graph():
     paths = [i.path for i in infos]
     assert paths == ["a", "b", "c", "head", "head/f", "head/d"]
     # By hand: a->b, a->c (skip), b->c, c->head, head->head/f (enters), f->d.
-    assert _edges(model, infos) == [(0, 1), (0, 2), (1, 2), (2, 3), (3, 4), (4, 5)]
+    assert layer_edges(model, infos) == [(0, 1), (0, 2), (1, 2), (2, 3), (3, 4), (4, 5)]
 
 
 def test_render_params_invalidate_only_the_render_stage():

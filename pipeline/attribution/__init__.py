@@ -21,11 +21,13 @@ _EXPORTS = {
     "integrated_gradients": "pipeline.attribution.integrated",
     "gradcam": "pipeline.attribution.cam",
     "gradcam_plus_plus": "pipeline.attribution.cam",
-    "scorecam": "pipeline.attribution.score_cam",
+    "scorecam": "pipeline.attribution.cam",
     "deletion_insertion": "pipeline.attribution.faithfulness",
     "randomization_sanity": "pipeline.attribution.faithfulness",
-    "check_targets": "pipeline.attribution.scores",
-    "predicted_classes": "pipeline.attribution.scores",
+    "check_targets": "pipeline.attribution.scoring",
+    "predicted_classes": "pipeline.attribution.scoring",
+    "explain": "pipeline.attribution.suite",
+    "Attribution": "pipeline.attribution.result",
 }
 
 __all__ = ["CAM_METHODS", "METHODS", "method", *_EXPORTS]
@@ -33,6 +35,8 @@ __all__ = ["CAM_METHODS", "METHODS", "method", *_EXPORTS]
 
 def method(name: str):
     """The attribution function called ``name`` (one of :data:`METHODS`)."""
+    if name not in METHODS:
+        raise KeyError(f"unknown attribution method {name!r}")
     return __getattr__(name)
 
 

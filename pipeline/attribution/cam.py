@@ -1,54 +1,40 @@
-"""Grad-CAM (Selvaraju et al. 2017) and Grad-CAM++ (Chattopadhay et al. 2018)."""
+"""Class activation maps: Grad-CAM, Grad-CAM++ and Score-CAM.
+
+Selvaraju et al. 2017; Chattopadhay et al. 2018; Wang et al. 2020.
+
+Each returns an :class:`Attribution` whose ``raw`` maps are at the layer's resolution,
+(N, h, w) for 2-D layers or (N, T) for temporal ones, and whose ``maps`` are upsampled
+to the input: (N, H, W) for images, (N, T) for sequences.
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.scores import (
-    check_targets,
-    compile_step,
-    forward,
-    run_batched,
-    spec,
-    target_score,
-)
+from pipeline.attribution.batching import compile_step, run_batched, spec
+from pipeline.attribution.options import resolve
+from pipeline.attribution.result import Attribution
+from pipeline.attribution.scoring import check_targets, forward, target_score
 from pipeline.errors import KerascopeError
-from pipeline.graph import is_spatial, last_spatial_layer, layer_info
-
-
-@dataclass
-class CamResult:
-    """A class activation map at the layer's resolution and at the input's.
-
-    Attributes:
-        raw: (N, h, w) for 2-D layers or (N, T) for temporal layers.
-        maps: Upsampled to the input: (N, H, W) for images, (N, T) for sequences.
-        layer: The layer path used.
-    """
-
-    raw: np.ndarray
-    maps: np.ndarray
-    layer: str
+from pipeline.graph import default_cam_layer, is_spatial, layer_info
 
 
 def cam_layer(model: keras.Model, layer: str | None) -> str:
-    """Resolve the CAM layer: the given one (checked) or the last spatial one.
+    """Resolve the CAM layer: the given one (checked) or :func:`default_cam_layer`.
 
     Raises:
         KerascopeError: Unknown layer, or one without a spatial or time axis.
     """
     if layer is None:
-        return last_spatial_layer(model)
+        return default_cam_layer(model)
     info = layer_info(model, layer)
     if not is_spatial(info):
         raise KerascopeError(
             f"layer '{layer}' has output shape {info.output_shape}, with no spatial or time "
             f"axis for a class activation map; use a conv or recurrent layer such as "
-            f"'{last_spatial_layer(model)}'"
+            f"'{default_cam_layer(model)}'"
         )
     return layer
 
@@ -85,13 +71,6 @@ def upsample_tf(raw, input_shape: tuple):
         rows = tf.image.resize(raw[:, :, None, None], (height, 1))[..., 0]
         return tf.repeat(rows, width, axis=2)
     return tf.image.resize(raw[:, :, None, None], (input_shape[0], 1))[:, :, 0, 0]
-
-
-def upsample(raw: np.ndarray, input_shape: tuple) -> np.ndarray:
-    """NumPy front end of :func:`upsample_tf`, for maps computed elsewhere."""
-    if len(input_shape) != 3 and raw.ndim != 2:
-        raise KerascopeError("a 2-D class activation map cannot be laid over a sequence input")
-    return upsample_tf(tf.constant(raw, tf.float32), tuple(input_shape)).numpy()
 
 
 def combine(acts, weights):
@@ -137,25 +116,24 @@ def _cam_step(model, layer, score, input_shape, variant):
     )
 
 
-def _cam(variant, model, x, targets, layer, score, batch_size) -> CamResult:
+def _prepare(model: keras.Model, x, targets, layer: str | None):
+    """Checked targets, the CAM layer and float inputs, shared by every CAM method."""
     targets = check_targets(model, targets, len(x), x)
     layer = cam_layer(model, layer)
     x = np.asarray(x, np.float32)
     check_cam_shapes(model, layer, x.shape[1:])
-    fn = _cam_step(model, layer, score, x.shape[1:], variant)
-    raw, maps = run_batched(fn, [x, targets], batch_size)
-    return CamResult(raw, maps, layer)
+    return targets, layer, x
 
 
-def gradcam(
-    model: keras.Model,
-    x: np.ndarray,
-    targets,
-    *,
-    layer: str | None = None,
-    score: str = "logits",
-    batch_size: int = 64,
-) -> CamResult:
+def _gradient_cam(variant: str, model: keras.Model, x, targets, options: dict) -> Attribution:
+    _, common = resolve(variant, options)
+    targets, layer, x = _prepare(model, x, targets, common["layer"])
+    fn = _cam_step(model, layer, common["score"], x.shape[1:], variant)
+    raw, maps = run_batched(fn, [x, targets], common["batch_size"])
+    return Attribution(maps, raw=raw, layer=layer)
+
+
+def gradcam(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
     """Grad-CAM: activations weighted by their spatially averaged gradients, then ReLU.
 
     Selvaraju, Cogswell, Das, Vedantam, Parikh & Batra (2017), "Grad-CAM: Visual
@@ -165,25 +143,17 @@ def gradcam(
         model: A classifier.
         x: Inputs (N, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
-        layer: Layer path; default: the last layer with a spatial (or time) output.
-        score: ``logits`` (default) or ``probabilities``.
-        batch_size: Inputs per compiled step.
+        **options: ``layer`` (a layer path; default
+            :func:`pipeline.graph.default_cam_layer`), ``score`` (``logits``, the default,
+            or ``probabilities``) and ``batch_size`` (inputs per compiled step).
 
     Returns:
-        :class:`CamResult` with raw and upsampled maps.
+        :class:`Attribution` with raw and upsampled maps and the layer used.
     """
-    return _cam("gradcam", model, x, targets, layer, score, batch_size)
+    return _gradient_cam("gradcam", model, x, targets, options)
 
 
-def gradcam_plus_plus(
-    model: keras.Model,
-    x: np.ndarray,
-    targets,
-    *,
-    layer: str | None = None,
-    score: str = "logits",
-    batch_size: int = 64,
-) -> CamResult:
+def gradcam_plus_plus(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
     """Grad-CAM++: pixel-wise weighting of positive gradients.
 
     Chattopadhay, Sarkar, Howlader & Balasubramanian (2018), "Grad-CAM++: Generalized
@@ -192,4 +162,74 @@ def gradcam_plus_plus(
 
     Args and returns as :func:`gradcam`.
     """
-    return _cam("gradcam_plus_plus", model, x, targets, layer, score, batch_size)
+    return _gradient_cam("gradcam_plus_plus", model, x, targets, options)
+
+
+def _scorecam_step(model, layer, input_shape, keep):
+    def build():
+        fwd = forward(model, "logits", [layer])
+
+        def step(batch, target):
+            acts = fwd(batch)[1][layer]  # (b, ..., K)
+            channels = acts.shape[-1]
+            axes = list(range(1, acts.shape.rank - 1))
+            # The `keep` channels with the highest mean activation, per input.
+            top = tf.math.top_k(tf.reduce_mean(acts, axis=axes), keep).indices  # (b, keep)
+            chosen = tf.gather(acts, top, axis=-1, batch_dims=1)  # (b, ..., keep)
+            perm = [0, acts.shape.rank - 1, *axes]
+            chosen = tf.reshape(tf.transpose(chosen, perm), (-1, *acts.shape[1:-1]))
+            masks = upsample_tf(chosen, input_shape)  # (b * keep, H, W) or (b * keep, T)
+            # Each mask is scaled to [0, 1] (Wang et al. eq. 3's normalisation).
+            m_axes = list(range(1, masks.shape.rank))
+            lo = tf.reduce_min(masks, axis=m_axes, keepdims=True)
+            hi = tf.reduce_max(masks, axis=m_axes, keepdims=True)
+            masks = tf.math.divide_no_nan(masks - lo, hi - lo)
+            # One mask value per position, shared by all its channels (features).
+            masked = tf.repeat(batch, keep, axis=0) * masks[..., None]
+            logits = fwd(masked)[0]
+            probs = target_score(tf.nn.softmax(logits), tf.repeat(target, keep))
+            # Softmax of the channels' scores, as in the paper's reference code.
+            weights = tf.nn.softmax(tf.reshape(probs, (-1, keep)), axis=1)
+            full = tf.reduce_sum(tf.one_hot(top, channels) * weights[..., None], axis=1)
+            raw = combine(acts, full)
+            return raw, upsample_tf(raw, input_shape)
+
+        return step
+
+    return compile_step(
+        model,
+        ("scorecam", layer, input_shape, keep),
+        build,
+        [spec(input_shape), spec((), tf.int32)],
+    )
+
+
+def scorecam(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
+    """Score-CAM: weight each channel by the target probability of the input it masks.
+
+    Wang, Wang, Du, Yang, Zhang, Ding, Mardziel & Hu (2020). Each channel's map is
+    upsampled to the input, scaled to [0, 1] and multiplied with the input; the softmax
+    probability of the target on that masked input is the channel's score, and the
+    scores' softmax over channels weights the activations. Gradient-free, so it needs
+    no differentiable path.
+
+    Args:
+        model: A classifier.
+        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        targets: One class per input (or one for all); None: the predicted class.
+        **options: :class:`~pipeline.attribution.options.ScoreCamOptions`
+            (``max_channels``: only this many channels per input, those with the highest
+            mean activation; None uses all), ``layer`` (as :func:`gradcam`) and
+            ``batch_size`` (masked inputs per compiled step; inputs per step = this
+            divided by the number of channels used, at least 1).
+
+    Returns:
+        :class:`Attribution` with raw and upsampled maps and the layer used.
+    """
+    opts, common = resolve("scorecam", options)
+    targets, layer, x = _prepare(model, x, targets, common["layer"])
+    channels = int(layer_info(model, layer).output_shape[-1])
+    keep = channels if opts.max_channels is None else min(int(opts.max_channels), channels)
+    fn = _scorecam_step(model, layer, x.shape[1:], keep)
+    raw, maps = run_batched(fn, [x, targets], max(1, common["batch_size"] // keep))
+    return Attribution(maps, raw=raw, layer=layer)

@@ -9,18 +9,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.scores import (
-    check_targets,
-    compile_step,
-    forward,
-    run_batched,
-    spec,
-    target_score,
-)
+from pipeline.attribution.batching import compile_step, run_batched, spec
+from pipeline.attribution.options import SUBSTRATES
+from pipeline.attribution.result import as_maps
+from pipeline.attribution.scoring import check_targets, forward, target_score
 from pipeline.errors import KerascopeError
 from pipeline.graph import layer_info, list_layers
-
-SUBSTRATES = ("zeros", "blur", "mean")
 
 
 @dataclass
@@ -101,11 +95,6 @@ def _curve_step(model: keras.Model, shape: tuple, feature_shape: tuple, steps: i
     )
 
 
-def _feature_mask_shape(x: np.ndarray) -> tuple:
-    """Features ranked together: pixels (all channels of one position) for images."""
-    return x.shape[1:3] if x.ndim == 4 else x.shape[1:]
-
-
 def deletion_insertion(
     model: keras.Model,
     x: np.ndarray,
@@ -129,8 +118,8 @@ def deletion_insertion(
         model: A classifier.
         x: Inputs (N, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
-        maps: Attributions (N, H, W) for images or (N, T, F) for sequences; sequence maps
-            of shape (N, T) rank whole time steps.
+        maps: Attributions (N, H, W) for images or (N, T, F) for sequences (an array or
+            an :class:`Attribution`); sequence maps of shape (N, T) rank whole time steps.
         steps: Number of deletion/insertion steps.
         substrate_kind: ``zeros``, ``blur`` or ``mean``.
         batch_size: Perturbed inputs per forward pass (deletion and insertion of
@@ -142,7 +131,7 @@ def deletion_insertion(
     targets = check_targets(model, targets, len(x), x)
     if steps <= 0:
         raise KerascopeError(f"faithfulness steps must be positive, got {steps}")
-    maps = np.asarray(maps, dtype=np.float32)
+    maps = as_maps(maps)
     x = np.asarray(x, np.float32)
     feature_shape = tuple(maps.shape[1:])
     valid = [x.shape[1:3]] if x.ndim == 4 else [x.shape[1:], x.shape[1:2]]
@@ -201,7 +190,7 @@ def randomization_sanity(
     model: keras.Model,
     x: np.ndarray,
     targets,
-    method: Callable[[keras.Model, np.ndarray, np.ndarray], np.ndarray],
+    method: Callable[[keras.Model, np.ndarray, np.ndarray], object],
     *,
     max_layers: int | None = None,
     seed: int = 0,
@@ -221,7 +210,7 @@ def randomization_sanity(
         model: A classifier.
         x: Inputs.
         targets: One class per input (kept fixed, as in the paper).
-        method: ``method(model, x, targets) -> maps``.
+        method: ``method(model, x, targets)`` returning maps or an :class:`Attribution`.
         max_layers: Randomise at most this many layers (None: all with weights).
         seed: Seed of the random weights.
         original: The maps of the unmodified model, if already computed.
@@ -231,8 +220,7 @@ def randomization_sanity(
         after each step (same length).
     """
     targets = check_targets(model, targets, len(x), x)
-    if original is None:
-        original = method(model, x, targets)
+    original = as_maps(method(model, x, targets) if original is None else original)
     try:
         clone = keras.models.clone_model(model)
         clone.set_weights(model.get_weights())
@@ -255,7 +243,7 @@ def randomization_sanity(
             # Same scale as the trained weights, so activations keep a sensible range.
             scale = float(value.std()) or 0.05
             weight.assign(rng.normal(0.0, scale, value.shape).astype(value.dtype))
-        randomized = method(clone, x, targets)
+        randomized = as_maps(method(clone, x, targets))
         correlations.append(
             float(np.mean([spearman(o, r) for o, r in zip(original, randomized, strict=True)]))
         )

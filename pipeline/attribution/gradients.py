@@ -6,37 +6,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.scores import (
-    check_reduce,
-    check_targets,
-    compile_step,
-    forward,
-    is_image,
-    reduce_channels,
-    run_batched,
-    spec,
-    target_score,
-)
-from pipeline.errors import KerascopeError
-
-
-def gradient_step(model: keras.Model, shape: tuple, score: str):
-    """The compiled ``(batch, targets) -> (d score / d batch, score)`` step for ``model``."""
-
-    def build():
-        fwd = forward(model, score)
-
-        def step(batch, target):
-            with tf.GradientTape() as tape:
-                tape.watch(batch)
-                value = target_score(fwd(batch)[0], target)
-            return tape.gradient(value, batch), value
-
-        return step
-
-    return compile_step(
-        model, ("input_gradients", score, shape), build, [spec(shape), spec((), tf.int32)]
-    )
+from pipeline.attribution.batching import compile_step, run_batched, spec
+from pipeline.attribution.options import resolve
+from pipeline.attribution.result import Attribution, is_image, reduce_channels
+from pipeline.attribution.scoring import check_targets, gradient_step
 
 
 def input_gradients(
@@ -53,15 +26,7 @@ def input_gradients(
     return run_batched(fn, [x, targets], batch_size)[0]
 
 
-def saliency(
-    model: keras.Model,
-    x: np.ndarray,
-    targets,
-    *,
-    score: str = "logits",
-    reduce: str = "max",
-    batch_size: int = 64,
-) -> np.ndarray:
+def saliency(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
     """Vanilla gradient saliency: |d score / d input|, reduced over channels.
 
     Simonyan, Vedaldi & Zisserman (2013), "Deep Inside Convolutional Networks:
@@ -71,16 +36,16 @@ def saliency(
         model: A classifier.
         x: Inputs (N, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
-        score: ``logits`` (default) or ``probabilities``.
-        reduce: ``max`` or ``mean`` over channels.
-        batch_size: Inputs per compiled step.
+        **options: :class:`~pipeline.attribution.options.SaliencyOptions` (``reduce``:
+            ``max`` or ``mean`` over channels), ``score`` (``logits``, the default, or
+            ``probabilities``) and ``batch_size`` (inputs per compiled step).
 
     Returns:
-        Maps (N, H, W) for images, (N, T, F) for sequences.
+        :class:`Attribution` with maps (N, H, W) for images, (N, T, F) for sequences.
     """
-    check_reduce(reduce)
-    grads = np.abs(input_gradients(model, x, targets, score, batch_size))
-    return reduce_channels(grads, reduce, is_image(x))
+    opts, common = resolve("saliency", options)
+    grads = np.abs(input_gradients(model, x, targets, common["score"], common["batch_size"]))
+    return Attribution(reduce_channels(grads, opts.reduce, is_image(np.asarray(x))))
 
 
 def _smoothgrad_step(model: keras.Model, shape: tuple, score: str, samples: int):
@@ -105,18 +70,7 @@ def _smoothgrad_step(model: keras.Model, shape: tuple, score: str, samples: int)
     )
 
 
-def smoothgrad(
-    model: keras.Model,
-    x: np.ndarray,
-    targets,
-    *,
-    score: str = "logits",
-    noise: float = 0.15,
-    samples: int = 16,
-    reduce: str = "max",
-    seed: int = 0,
-    batch_size: int = 64,
-) -> np.ndarray:
+def smoothgrad(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
     """SmoothGrad: the saliency map averaged over noisy copies of each input.
 
     Smilkov, Thorat, Kim, Viégas & Wattenberg (2017), "SmoothGrad: removing noise by
@@ -127,29 +81,22 @@ def smoothgrad(
         model: A classifier.
         x: Inputs.
         targets: One class per input (or one for all); None: the predicted class.
-        score: ``logits`` or ``probabilities``.
-        noise: Noise level as a fraction of the input's value range.
-        samples: Noisy copies per input.
-        reduce: ``max`` or ``mean`` over channels.
-        seed: Seed of the noise. Input ``i`` always gets the same noise, whatever the
-            batch size.
-        batch_size: Noisy inputs per compiled step.
+        **options: :class:`~pipeline.attribution.options.SmoothGradOptions` (``noise``,
+            ``samples``, ``reduce``), ``score``, ``seed`` (input ``i`` always gets the
+            same noise, whatever the batch size) and ``batch_size`` (noisy inputs per
+            compiled step).
 
     Returns:
-        Maps with the shape of :func:`saliency`'s.
+        :class:`Attribution` with maps shaped as :func:`saliency`'s.
     """
-    if samples <= 0 or noise < 0:
-        raise KerascopeError(f"smoothgrad needs samples > 0 and noise >= 0, got {samples}, {noise}")
-    check_reduce(reduce)
+    opts, common = resolve("smoothgrad", options)
+    noise, samples, seed = opts.noise, opts.samples, common["seed"]
     targets = check_targets(model, targets, len(x), x)
     x = np.asarray(x, np.float32)
     axes = tuple(range(1, x.ndim))
     span = (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True)).astype(np.float32)
-    fn = _smoothgrad_step(model, x.shape[1:], score, samples)
-    per_step = max(1, batch_size // samples)
-    out = []
-    for a in range(0, len(x), per_step):
-        b = min(a + per_step, len(x))
+
+    def noise_of(a: int, b: int) -> tuple[np.ndarray]:
         # One generator per input: its noise does not depend on how inputs are batched.
         eps = np.stack(
             [
@@ -157,7 +104,9 @@ def smoothgrad(
                 for i in range(a, b)
             ]
         ).astype(np.float32)
-        sigma = (span[a:b] * noise)[:, None]
-        out.append(fn(tf.constant(x[a:b]), tf.constant(targets[a:b]), tf.constant(eps * sigma)))
-    total = np.concatenate([o.numpy() for o in out])
-    return reduce_channels(total, reduce, is_image(x))
+        return (eps * (span[a:b] * noise)[:, None],)
+
+    fn = _smoothgrad_step(model, x.shape[1:], common["score"], samples)
+    per_step = max(1, common["batch_size"] // samples)
+    total = run_batched(fn, [x, targets], per_step, per_batch=noise_of)
+    return Attribution(reduce_channels(total, opts.reduce, is_image(x)))

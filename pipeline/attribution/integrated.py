@@ -5,34 +5,15 @@ From "Axiomatic Attribution for Deep Networks".
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.gradients import gradient_step
-from pipeline.attribution.scores import check_targets, compile_step, is_image, run_batched, spec
+from pipeline.attribution.batching import compile_step, run_batched, spec
+from pipeline.attribution.options import BASELINES, resolve
+from pipeline.attribution.result import Attribution, is_image
+from pipeline.attribution.scoring import check_targets, gradient_step
 from pipeline.errors import KerascopeError
-
-BASELINES = ("zeros", "blur", "uniform")
-
-
-@dataclass
-class IntegratedGradients:
-    """Integrated Gradients of a batch.
-
-    Attributes:
-        attributions: Per-feature attributions, shape of the inputs (signed).
-        maps: Attributions summed over channels (images) or as they are (sequences).
-        completeness_error: Per input, sum(attributions) - (score(x) - score(baseline)).
-        score_difference: Per input, score(x) - score(baseline).
-    """
-
-    attributions: np.ndarray
-    maps: np.ndarray
-    completeness_error: np.ndarray
-    score_difference: np.ndarray
 
 
 def make_baseline(
@@ -96,17 +77,7 @@ def _ig_step(model: keras.Model, shape: tuple, score: str, steps: int):
     )
 
 
-def integrated_gradients(
-    model: keras.Model,
-    x: np.ndarray,
-    targets,
-    *,
-    score: str = "logits",
-    baseline: str = "zeros",
-    steps: int = 32,
-    seed: int = 0,
-    batch_size: int = 128,
-) -> IntegratedGradients:
+def integrated_gradients(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
     """Integrated Gradients along the straight path from a baseline to each input.
 
     Sundararajan, Taly & Yan (2017), "Axiomatic Attribution for Deep Networks". The path
@@ -117,24 +88,32 @@ def integrated_gradients(
         model: A classifier.
         x: Inputs.
         targets: One class per input (or one for all); None: the predicted class.
-        score: ``logits`` or ``probabilities``.
-        baseline: ``zeros``, ``blur`` or ``uniform`` (see :func:`make_baseline`).
-        steps: Number of intervals on the path (more steps, smaller completeness error).
-        seed: Seed for the ``uniform`` baseline.
-        batch_size: Path points per compiled step.
+        **options: :class:`~pipeline.attribution.options.IntegratedGradientsOptions`
+            (``baseline``: zeros, blur or uniform, see :func:`make_baseline`; ``steps``:
+            intervals on the path, more give a smaller completeness error), ``score``,
+            ``seed`` (of the uniform baseline) and ``batch_size`` (path points per step).
 
     Returns:
-        :class:`IntegratedGradients` with the completeness error per input.
+        :class:`Attribution` with maps (signed attributions summed over channels for
+        images) and extras ``attributions`` (input-shaped), ``completeness_error``
+        (per input, sum(attributions) - (score(x) - score(baseline))) and
+        ``score_difference`` (score(x) - score(baseline)).
     """
-    if steps <= 0:
-        raise KerascopeError(f"integrated_gradients.steps must be positive, got {steps}")
+    opts, common = resolve("integrated_gradients", options)
+    steps = opts.steps
     targets = check_targets(model, targets, len(x), x)
     x = np.asarray(x, np.float32)
-    base = make_baseline(x, baseline, seed)
-    fn = _ig_step(model, x.shape[1:], score, steps)
-    attributions, difference = run_batched(
-        fn, [x, base, targets], max(1, batch_size // (steps + 1))
-    )
+    base = make_baseline(x, opts.baseline, common["seed"])
+    fn = _ig_step(model, x.shape[1:], common["score"], steps)
+    per_step = max(1, common["batch_size"] // (steps + 1))
+    attributions, difference = run_batched(fn, [x, base, targets], per_step)
     total = attributions.reshape(len(x), -1).sum(axis=1)
     maps = attributions.sum(axis=-1) if is_image(x) else attributions
-    return IntegratedGradients(attributions, maps, total - difference, difference)
+    return Attribution(
+        maps,
+        extras={
+            "attributions": attributions,
+            "completeness_error": total - difference,
+            "score_difference": difference,
+        },
+    )

@@ -7,24 +7,21 @@ imports no TensorFlow, so a stage can validate its config before paying for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pipeline.errors import KerascopeError
+from pipeline.artifacts.dataset import InputOptions
+from pipeline.distribute import STRATEGIES
+from pipeline.errors import (
+    KerascopeError,
+    check_choice,
+    check_positive,
+    check_range,
+)
 
 SCORES = ("logits", "probabilities")
 REDUCTIONS = ("max", "mean")
 BASELINES = ("zeros", "blur", "uniform")
 SUBSTRATES = ("zeros", "blur", "mean")
-
-
-def _one_of(name: str, value, valid) -> None:
-    if value not in valid:
-        raise KerascopeError(f"invalid {name} '{value}'; valid: {', '.join(map(str, valid))}")
-
-
-def _positive(name: str, value) -> None:
-    if value is None or value <= 0:
-        raise KerascopeError(f"'{name}' must be a positive number, got {value!r}")
 
 
 @dataclass
@@ -39,7 +36,7 @@ class SaliencyOptions:
 
     def check(self, prefix: str = "saliency") -> None:
         """Raise a one-line error for an invalid value."""
-        _one_of(f"{prefix}.reduce", self.reduce, REDUCTIONS)
+        check_choice(f"{prefix}.reduce", self.reduce, REDUCTIONS)
 
 
 @dataclass
@@ -59,10 +56,9 @@ class SmoothGradOptions:
 
     def check(self, prefix: str = "smoothgrad") -> None:
         """Raise a one-line error for an invalid value."""
-        _positive(f"{prefix}.samples", self.samples)
-        if self.noise is None or self.noise < 0:
-            raise KerascopeError(f"'{prefix}.noise' must be >= 0, got {self.noise!r}")
-        _one_of(f"{prefix}.reduce", self.reduce, REDUCTIONS)
+        check_positive(f"{prefix}.samples", self.samples)
+        check_range(f"{prefix}.noise", self.noise, 0.0, float("inf"))
+        check_choice(f"{prefix}.reduce", self.reduce, REDUCTIONS)
 
 
 @dataclass
@@ -79,8 +75,8 @@ class IntegratedGradientsOptions:
 
     def check(self, prefix: str = "integrated_gradients") -> None:
         """Raise a one-line error for an invalid value."""
-        _one_of(f"{prefix}.baseline", self.baseline, BASELINES)
-        _positive(f"{prefix}.steps", self.steps)
+        check_choice(f"{prefix}.baseline", self.baseline, BASELINES)
+        check_positive(f"{prefix}.steps", self.steps)
 
 
 @dataclass
@@ -104,25 +100,63 @@ class ScoreCamOptions:
 
     def check(self, prefix: str = "scorecam") -> None:
         """Raise a one-line error for an invalid value."""
-        if self.max_channels is not None:
-            _positive(f"{prefix}.max_channels", self.max_channels)
+        check_positive(f"{prefix}.max_channels", self.max_channels, optional=True)
 
 
-#: Every method, its options, whether it maps a layer (a CAM), and whether it is noisy.
-METHOD_OPTIONS: dict[str, type] = {
-    "saliency": SaliencyOptions,
-    "smoothgrad": SmoothGradOptions,
-    "integrated_gradients": IntegratedGradientsOptions,
-    "gradcam": CamOptions,
-    "gradcam_plus_plus": CamOptions,
-    "scorecam": ScoreCamOptions,
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a method takes: its options dataclass and which common settings it uses."""
+
+    options: type
+    uses: tuple[str, ...]
+    batch_size: int = 64
+
+
+#: Settings shared by the methods (each uses some): the score explained, the CAM layer,
+#: the seed of noisy methods, and inputs per compiled step.
+COMMON = {"score": "logits", "layer": None, "seed": 0, "batch_size": 64}
+
+METHOD_SPECS: dict[str, MethodSpec] = {
+    "saliency": MethodSpec(SaliencyOptions, ("score", "batch_size")),
+    "smoothgrad": MethodSpec(SmoothGradOptions, ("score", "seed", "batch_size")),
+    "integrated_gradients": MethodSpec(
+        IntegratedGradientsOptions, ("score", "seed", "batch_size"), batch_size=128
+    ),
+    "gradcam": MethodSpec(CamOptions, ("layer", "score", "batch_size")),
+    "gradcam_plus_plus": MethodSpec(CamOptions, ("layer", "score", "batch_size")),
+    # Score-CAM always scores probabilities of masked inputs, as the paper defines it.
+    "scorecam": MethodSpec(ScoreCamOptions, ("layer", "batch_size"), batch_size=256),
 }
-METHODS = tuple(METHOD_OPTIONS)
+METHODS = tuple(METHOD_SPECS)
 CAM_METHODS = ("gradcam", "gradcam_plus_plus", "scorecam")
-#: Methods whose maps depend on a random seed.
-SEEDED_METHODS = ("smoothgrad", "integrated_gradients")
-#: Methods that always score probabilities of masked inputs (the paper's definition).
-FIXED_SCORE_METHODS = ("scorecam",)
+
+
+def resolve(method: str, given: dict):
+    """Split a method's keyword arguments into its checked options and common settings.
+
+    Args:
+        method: A key of :data:`METHOD_SPECS`.
+        given: The keyword arguments a caller passed.
+
+    Returns:
+        (options dataclass, dict of the common settings the method uses, defaults filled).
+
+    Raises:
+        KerascopeError: A keyword the method does not take, or an invalid value.
+    """
+    spec = METHOD_SPECS[method]
+    fields = {f for f in spec.options.__dataclass_fields__}
+    valid = sorted(fields | set(spec.uses))
+    for key in given:
+        check_choice(f"option of {method}", key, valid)
+    options = spec.options(**{k: v for k, v in given.items() if k in fields})
+    options.check(method)
+    common = {**COMMON, "batch_size": spec.batch_size}
+    common = {k: given.get(k, common[k]) for k in spec.uses}
+    if "score" in common:
+        check_choice(f"{method}.score", common["score"], SCORES)
+    check_positive(f"{method}.batch_size", common["batch_size"])
+    return options, common
 
 
 @dataclass
@@ -141,8 +175,8 @@ class FaithfulnessOptions:
 
     def check(self, prefix: str = "faithfulness") -> None:
         """Raise a one-line error for an invalid value."""
-        _positive(f"{prefix}.steps", self.steps)
-        _one_of(f"{prefix}.substrate", self.substrate, SUBSTRATES)
+        check_positive(f"{prefix}.steps", self.steps)
+        check_choice(f"{prefix}.substrate", self.substrate, SUBSTRATES)
 
 
 @dataclass
@@ -161,7 +195,57 @@ class SanityOptions:
 
     def check(self, prefix: str = "sanity") -> None:
         """Raise a one-line error for an invalid value."""
-        if self.max_layers is not None:
-            _positive(f"{prefix}.max_layers", self.max_layers)
-        if self.threshold is None or not 0.0 <= self.threshold <= 1.0:
-            raise KerascopeError(f"'{prefix}.threshold' must be in [0, 1], got {self.threshold!r}")
+        check_positive(f"{prefix}.max_layers", self.max_layers, optional=True)
+        check_range(f"{prefix}.threshold", self.threshold, 0, 1)
+
+
+@dataclass
+class AttributeOptions(InputOptions):
+    """The ``attribute`` config section: the inputs, common keys, each method's options.
+
+    Attributes:
+        methods: Methods to run, in order (see :data:`METHODS`).
+        target: ``predicted``, ``true``, or a class index.
+        score: ``logits`` (a final softmax bypassed) or ``probabilities``.
+        layer: The CAM layer (None: :func:`pipeline.graph.default_cam_layer`).
+        batch_size: Inputs per compiled step.
+        strategy: ``tf.distribute`` strategy name.
+    """
+
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    target: str = "predicted"
+    score: str = "logits"
+    layer: str | None = None
+    batch_size: int = 64
+    strategy: str = "auto"
+    saliency: SaliencyOptions = field(default_factory=SaliencyOptions)
+    smoothgrad: SmoothGradOptions = field(default_factory=SmoothGradOptions)
+    integrated_gradients: IntegratedGradientsOptions = field(
+        default_factory=IntegratedGradientsOptions
+    )
+    gradcam: CamOptions = field(default_factory=CamOptions)
+    gradcam_plus_plus: CamOptions = field(default_factory=CamOptions)
+    scorecam: ScoreCamOptions = field(default_factory=ScoreCamOptions)
+    faithfulness: FaithfulnessOptions = field(default_factory=FaithfulnessOptions)
+    sanity: SanityOptions = field(default_factory=SanityOptions)
+
+    def check(self, prefix: str = "attribute") -> None:
+        """Raise a one-line error for an invalid value (each method checks its own)."""
+        if not self.methods:
+            raise KerascopeError(f"{prefix}.methods is empty; valid: {', '.join(METHODS)}")
+        for name in self.methods:
+            check_choice("attribution method", name, METHODS)
+        check_choice(f"{prefix}.score", self.score, SCORES)
+        check_choice(f"{prefix}.strategy", self.strategy, STRATEGIES)
+        check_positive(f"{prefix}.batch_size", self.batch_size)
+        for name in (*METHODS, "faithfulness", "sanity"):
+            getattr(self, name).check(f"{prefix}.{name}")
+        target = str(self.target)
+        if target not in ("predicted", "true") and not target.lstrip("-").isdigit():
+            raise KerascopeError(
+                f"invalid {prefix}.target '{target}'; valid: predicted, true, or a class index"
+            )
+
+    def method_options(self) -> dict:
+        """Each chosen method's options dataclass, in order."""
+        return {name: getattr(self, name) for name in self.methods}

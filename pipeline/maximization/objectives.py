@@ -2,38 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import tensorflow as tf
 
-from pipeline.errors import KerascopeError
-
-OBJECTIVES = ("channel", "neuron", "unit", "class_logit", "direction")
-
-
-@dataclass(frozen=True)
-class Objective:
-    """One optimisation target.
-
-    Attributes:
-        layer: Layer path (for ``class_logit``: the model's output layer).
-        kind: One of :data:`OBJECTIVES`.
-        position: Spatial (or time) index for ``neuron`` objectives; default: centre.
-        direction: A vector in the layer's channel space for ``direction``.
-    """
-
-    layer: str
-    kind: str
-    position: tuple[int, ...] | None = None
-    direction: tuple[float, ...] | None = None
-
-
-def objective_kind(output_shape: tuple, is_output: bool) -> str:
-    """The natural objective of a layer: class logit, channel mean, or dense unit."""
-    if is_output:
-        return "class_logit"
-    return "channel" if len(output_shape) >= 2 else "unit"
+from pipeline.maximization.settings import Objective
 
 
 def objective_values(objective: Objective, acts: tf.Tensor, units: tf.Tensor) -> tf.Tensor:
@@ -61,14 +33,3 @@ def objective_values(objective: Objective, acts: tf.Tensor, units: tf.Tensor) ->
     if len(picked.shape) > 1:
         return tf.reduce_mean(picked, axis=list(range(1, len(picked.shape))))
     return picked
-
-
-def check_units(units, count: int, layer: str) -> np.ndarray:
-    """Validate unit indices against the layer's channel count (one-line errors)."""
-    units = np.asarray(units, dtype=np.int32).reshape(-1)
-    bad = units[(units < 0) | (units >= count)]
-    if len(bad):
-        raise KerascopeError(
-            f"unit {int(bad[0])} is out of range for layer '{layer}'; valid: 0..{count - 1}"
-        )
-    return units

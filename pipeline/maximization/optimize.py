@@ -12,59 +12,12 @@ import tensorflow as tf
 from pipeline.errors import KerascopeError
 from pipeline.graph import LayerForward, list_layers
 from pipeline.maximization import regularizers as reg
-from pipeline.maximization.objectives import Objective, objective_values
+from pipeline.maximization.objectives import objective_values
 from pipeline.maximization.parametrizations import initial_params, to_image
+from pipeline.maximization.settings import Objective, Settings
 
 #: Memory budget used to choose the batch size automatically.
 MEMORY_BUDGET_BYTES = 1 << 30
-
-
-@dataclass
-class Settings:
-    """Optimisation settings (every weight 0 disables its term).
-
-    Attributes:
-        steps: Optimisation steps per image.
-        learning_rate: Adam step size on the parameters.
-        parametrization: ``pixel`` or ``fourier``.
-        decay: Frequency decay of the Fourier scale (1 = 1/f).
-        decorrelate: Colour decorrelation for RGB inputs.
-        l2, lp, p, tv, blur: Weights of the L2 norm, the Lp norm (with exponent ``p``),
-            total variation and the blur penalty.
-        jitter: Maximum random shift in pixels between steps.
-        scale: Range of the random zoom between steps.
-        rotate: Maximum random rotation in degrees between steps.
-        copies: Images per unit; with ``diversity`` > 0 they are pushed apart.
-        diversity: Weight of the diversity term (Olah et al. 2017).
-        seed: Seed of the initial images and the transforms.
-        batch_size: Images per compiled step; None picks it from a memory budget.
-        steps_per_call: Steps run inside one compiled call (progress granularity).
-        explode_at: Stop when an objective's magnitude exceeds this.
-        preactivation: Optimise the unit before its activation function (a ReLU unit
-            that starts switched off still gets a gradient); the reported final values
-            and reach ratios are always after the activation.
-    """
-
-    steps: int = 128
-    learning_rate: float = 0.05
-    parametrization: str = "fourier"
-    decay: float = 1.0
-    decorrelate: bool = True
-    l2: float = 0.0
-    lp: float = 0.0
-    p: float = 6.0
-    tv: float = 0.0
-    blur: float = 0.0
-    jitter: int = 1
-    scale: tuple[float, float] = (1.0, 1.0)
-    rotate: float = 0.0
-    copies: int = 1
-    diversity: float = 0.0
-    seed: int = 0
-    batch_size: int | None = None
-    steps_per_call: int = 16
-    explode_at: float = 1e6
-    preactivation: bool = True
 
 
 @dataclass
@@ -105,19 +58,19 @@ def unit_seed(seed: int, unit: int, copy: int) -> int:
     return (seed * 1_000_003 + unit * 7_919 + copy * 104_729) % (2**31 - 1)
 
 
+def _images(params, settings: Settings, shape: tuple, value_range) -> tf.Tensor:
+    """The images the optimised parameters stand for, in the data's value range."""
+    return to_image(
+        settings.parametrization, params, shape, value_range, settings.decay, settings.decorrelate
+    )
+
+
 def _regularized_loss(objective, forward, settings, shape, value_range, copies):
     """Per-image loss = -objective + penalties (+ diversity within each unit's copies)."""
     center = (value_range[0] + value_range[1]) / 2.0
 
     def loss_fn(params, units, step_seed):
-        images = to_image(
-            settings.parametrization,
-            params,
-            shape,
-            value_range,
-            settings.decay,
-            settings.decorrelate,
-        )
+        images = _images(params, settings, shape, value_range)
         moved = reg.random_transform(
             images, step_seed, settings.jitter, tuple(settings.scale), settings.rotate
         )
@@ -141,6 +94,89 @@ def _regularized_loss(objective, forward, settings, shape, value_range, copies):
         return loss, values
 
     return loss_fn
+
+
+def _check_model(model: keras.Model) -> tuple[int, ...]:
+    """The image shape of a model maximization can optimise inputs for."""
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
+        raise KerascopeError(
+            f"activation maximization needs a single image input (H, W, C); model "
+            f"'{model.name}' has inputs {[tuple(i.shape) for i in model.inputs]}"
+        )
+    if not model.inputs[0].dtype.startswith("float"):
+        raise KerascopeError(
+            f"model '{model.name}' takes {model.inputs[0].dtype} inputs: there is no gradient "
+            "path from the input to any layer"
+        )
+    return tuple(int(d) for d in model.inputs[0].shape[1:])
+
+
+def _target_forward(model: keras.Model, objective: Objective, preactivation: bool):
+    """``images -> the objective's tensor``: logits, or the layer (before its activation)."""
+    is_logit = objective.kind == "class_logit"
+    taps = [] if is_logit else [objective.layer]
+    layer_forward = LayerForward(
+        model, taps, logits=is_logit, preactivation=taps if preactivation else []
+    )
+
+    def forward(images):
+        outputs, tapped = layer_forward(images)
+        return outputs if is_logit else tapped[objective.layer]
+
+    return forward
+
+
+def _adam_loop(loss_fn, settings: Settings):
+    """One compiled call that runs ``count`` Adam steps on a batch of images' parameters.
+
+    Adam (Kingma & Ba 2015) is written out so the whole loop stays inside one
+    ``tf.function``; the per-step objective values come back as (images, count).
+    """
+    lr = settings.learning_rate
+
+    @tf.function(reduce_retracing=True)
+    def run(params, m, v, units_t, start, count):
+        curve = tf.TensorArray(tf.float32, size=count)
+        for i in tf.range(count):
+            step = start + i
+            with tf.GradientTape() as tape:
+                loss, values = loss_fn(params, units_t, tf.stack([settings.seed, step]))
+                total = tf.reduce_sum(loss)
+            grad = tape.gradient(total, params)
+            if grad is None:
+                raise ValueError("no gradient")
+            t = tf.cast(step + 1, tf.float32)
+            m.assign(0.9 * m + 0.1 * grad)
+            v.assign(0.999 * v + 0.001 * tf.square(grad))
+            m_hat = m / (1.0 - tf.pow(0.9, t))
+            v_hat = v / (1.0 - tf.pow(0.999, t))
+            params.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + 1e-8))
+            curve = curve.write(i, values)
+        return tf.transpose(curve.stack())
+
+    return run
+
+
+def _run_steps(run, params, units, objective: Objective, settings: Settings, progress):
+    """Every step for one batch of images, in calls of ``steps_per_call`` (for progress)."""
+    m, v = tf.Variable(tf.zeros_like(params)), tf.Variable(tf.zeros_like(params))
+    units_t = tf.constant(units)
+    curves = []
+    for step0 in range(0, settings.steps, settings.steps_per_call):
+        count = min(settings.steps_per_call, settings.steps - step0)
+        try:
+            values = run(params, m, v, units_t, tf.constant(step0), tf.constant(count)).numpy()
+        except (ValueError, TypeError) as exc:
+            if "gradient" in str(exc).lower():
+                raise KerascopeError(
+                    f"layer '{objective.layer}' has no differentiable path to the input"
+                ) from None
+            raise
+        _check_finite(values, units, step0, objective.layer, settings.explode_at)
+        curves.append(values)
+        if progress is not None:
+            progress(count * len(units))
+    return np.concatenate(curves, axis=1)
 
 
 def maximize(
@@ -170,75 +206,27 @@ def maximize(
         :class:`MaximizationResult`.
 
     Raises:
-        KerascopeError: Non-image or non-float inputs (no gradient path), or NaN /
-            exploding values (naming the unit and the step).
+        KerascopeError: Non-image or non-float inputs (no gradient path), invalid
+            settings, or NaN / exploding values (naming the unit and the step).
     """
     settings = settings or Settings()
-    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4:
-        raise KerascopeError(
-            f"activation maximization needs a single image input (H, W, C); model "
-            f"'{model.name}' has inputs {[tuple(i.shape) for i in model.inputs]}"
-        )
-    if not model.inputs[0].dtype.startswith("float"):
-        raise KerascopeError(
-            f"model '{model.name}' takes {model.inputs[0].dtype} inputs: there is no gradient "
-            "path from the input to any layer"
-        )
-    shape = tuple(int(d) for d in model.inputs[0].shape[1:])
+    settings.check("settings")
+    shape = _check_model(model)
     copies = max(1, int(settings.copies))
     unit_list = np.repeat(np.asarray(units, dtype=np.int32), copies)
     copy_list = np.tile(np.arange(copies, dtype=np.int32), len(units))
-    is_logit = objective.kind == "class_logit"
-    taps = [] if is_logit else [objective.layer]
-    pre = taps if settings.preactivation else []
-    eval_forward = LayerForward(model, taps, logits=is_logit)
-    opt_forward = LayerForward(model, taps, logits=is_logit, preactivation=pre)
-
-    def make(layer_forward):
-        def forward(images):
-            outputs, tapped = layer_forward(images)
-            return outputs if is_logit else tapped[objective.layer]
-
-        return forward
-
-    forward = make(eval_forward)
-    loss_fn = _regularized_loss(objective, make(opt_forward), settings, shape, value_range, copies)
-    batch = settings.batch_size or auto_batch_size(model)
-    batch = max(copies, batch - batch % copies)
-    lr = settings.learning_rate
-
-    @tf.function(reduce_retracing=True)
-    def run(params, m, v, units_t, start, count):
-        curve = tf.TensorArray(tf.float32, size=count)
-        for i in tf.range(count):
-            step = start + i
-            with tf.GradientTape() as tape:
-                loss, values = loss_fn(params, units_t, tf.stack([settings.seed, step]))
-                total = tf.reduce_sum(loss)
-            grad = tape.gradient(total, params)
-            if grad is None:
-                raise ValueError("no gradient")
-            t = tf.cast(step + 1, tf.float32)
-            m.assign(0.9 * m + 0.1 * grad)
-            v.assign(0.999 * v + 0.001 * tf.square(grad))
-            m_hat = m / (1.0 - tf.pow(0.9, t))
-            v_hat = v / (1.0 - tf.pow(0.999, t))
-            params.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + 1e-8))
-            curve = curve.write(i, values)
-        return tf.transpose(curve.stack())
+    forward = _target_forward(model, objective, preactivation=False)
+    opt_forward = _target_forward(model, objective, settings.preactivation)
+    loss_fn = _regularized_loss(objective, opt_forward, settings, shape, value_range, copies)
+    run = _adam_loop(loss_fn, settings)
 
     @tf.function(reduce_retracing=True)
     def final_values(params, units_t):
-        images = to_image(
-            settings.parametrization,
-            params,
-            shape,
-            value_range,
-            settings.decay,
-            settings.decorrelate,
-        )
+        images = _images(params, settings, shape, value_range)
         return images, objective_values(objective, forward(images), units_t)
 
+    batch = settings.batch_size or auto_batch_size(model)
+    batch = max(copies, batch - batch % copies)
     images, curves, finals = [], [], []
     for start in range(0, len(unit_list), batch):
         chunk_units = unit_list[start : start + batch]
@@ -248,28 +236,10 @@ def maximize(
             for u, c in zip(chunk_units, chunk_copies, strict=True)
         ]
         params = tf.Variable(initial_params(settings.parametrization, shape, np.asarray(seeds)))
-        m = tf.Variable(tf.zeros_like(params))
-        v = tf.Variable(tf.zeros_like(params))
-        units_t = tf.constant(chunk_units)
-        chunk_curves = []
-        for step0 in range(0, settings.steps, settings.steps_per_call):
-            count = min(settings.steps_per_call, settings.steps - step0)
-            try:
-                values = run(params, m, v, units_t, tf.constant(step0), tf.constant(count)).numpy()
-            except (ValueError, TypeError) as exc:
-                if "gradient" in str(exc).lower():
-                    raise KerascopeError(
-                        f"layer '{objective.layer}' has no differentiable path to the input"
-                    ) from None
-                raise
-            _check_finite(values, chunk_units, step0, objective.layer, settings.explode_at)
-            chunk_curves.append(values)
-            if progress is not None:
-                progress(count * len(chunk_units))
-        image, final = final_values(params, units_t)
+        curves.append(_run_steps(run, params, chunk_units, objective, settings, progress))
+        image, final = final_values(params, tf.constant(chunk_units))
         images.append(image.numpy())
         finals.append(final.numpy())
-        curves.append(np.concatenate(chunk_curves, axis=1))
     return MaximizationResult(
         images=np.concatenate(images),
         objective=np.concatenate(curves),

@@ -12,8 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.errors import KerascopeError
-
-PARAMETRIZATIONS = ("pixel", "fourier")
+from pipeline.maximization.settings import PARAMETRIZATIONS
 
 # sqrt of the colour correlation (Cholesky/SVD) used by Lucid for ImageNet RGB images.
 _COLOR_SQRT = np.asarray(

@@ -10,6 +10,7 @@ import hashlib
 import html
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#222;
@@ -55,6 +56,31 @@ def anchor(*parts: str) -> str:
     if lossy:
         safe += "-" + hashlib.sha1("\0".join(map(str, parts)).encode()).hexdigest()[:8]
     return safe
+
+
+class FigureWriter:
+    """Saves figures under ``figures/`` in the configured formats; returns the path to show."""
+
+    def __init__(self, root: Path, formats: list[str], dpi: int) -> None:
+        self.root = root
+        self.formats = formats
+        self.dpi = dpi
+        (root / "figures").mkdir(parents=True, exist_ok=True)
+        self.count = 0
+
+    def save(self, figure, name: str) -> str:
+        """Write ``figure`` in every format and return its relative path (PNG first)."""
+        import matplotlib.pyplot as plt
+
+        stem = anchor(name)
+        for fmt in self.formats:
+            figure.savefig(
+                self.root / "figures" / f"{stem}.{fmt}", dpi=self.dpi, bbox_inches="tight"
+            )
+        plt.close(figure)
+        self.count += 1
+        first = "png" if "png" in self.formats else self.formats[0]
+        return f"figures/{stem}.{first}"
 
 
 @dataclass

@@ -1,0 +1,72 @@
+"""The one result type every attribution method returns, and how maps are shaped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.errors import KerascopeError
+
+
+@dataclass
+class Attribution:
+    """What an attribution method found for a batch of inputs.
+
+    Attributes:
+        maps: One map per input: (N, H, W) for images (channels reduced), (N, T, F) or
+            (N, T) for sequences.
+        raw: Class activation maps at the layer's own resolution (CAM methods only).
+        layer: The layer a CAM method mapped.
+        extras: Per-input arrays a method adds, for example Integrated Gradients'
+            ``completeness_error``, ``score_difference`` and signed, input-shaped
+            ``attributions``.
+
+    The object behaves as its ``maps`` array where numpy expects one
+    (``np.asarray(result)``), and its extras read as attributes
+    (``result.completeness_error``).
+    """
+
+    maps: np.ndarray
+    raw: np.ndarray | None = None
+    layer: str | None = None
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __getattr__(self, name: str):
+        extras = self.__dict__.get("extras") or {}
+        if name in extras:
+            return extras[name]
+        raise AttributeError(f"'Attribution' has no attribute or extra '{name}'")
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.maps, dtype=dtype)
+
+    def __len__(self) -> int:
+        return len(self.maps)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The shape of ``maps``."""
+        return self.maps.shape
+
+
+def as_maps(maps) -> np.ndarray:
+    """The maps of an :class:`Attribution`, or an array given directly, as float32."""
+    return np.asarray(maps.maps if isinstance(maps, Attribution) else maps, dtype=np.float32)
+
+
+def is_image(x: np.ndarray) -> bool:
+    """Whether inputs are images (N, H, W, C) rather than sequences (N, T, F)."""
+    return x.ndim == 4
+
+
+def reduce_channels(grads: np.ndarray, how: str = "max", image: bool = True) -> np.ndarray:
+    """Reduce |gradients| over the channel axis of images (Simonyan et al. 2013 use max).
+
+    Sequences (N, T, F) are returned as they are: every feature is its own row.
+    """
+    if how not in ("max", "mean"):
+        raise KerascopeError(f"invalid channel reduction '{how}'; valid: max, mean")
+    if not image:
+        return grads
+    return grads.max(axis=-1) if how == "max" else grads.mean(axis=-1)

@@ -1,0 +1,116 @@
+"""What an attribution explains: a target's score, its gradient, and the default targets."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.attribution.batching import batches, compile_step, spec
+from pipeline.attribution.options import SCORES
+from pipeline.errors import KerascopeError
+from pipeline.graph import LayerForward
+
+
+def check_score(score: str) -> None:
+    """Raise a one-line error unless ``score`` is ``logits`` or ``probabilities``."""
+    if score not in SCORES:
+        raise KerascopeError(f"invalid score '{score}'; valid: {', '.join(SCORES)}")
+
+
+def forward(model: keras.Model, score: str, layers=()) -> LayerForward:
+    """A forward pass returning pre-softmax logits or probabilities, plus layer taps."""
+    check_score(score)
+    return LayerForward(model, list(layers), logits=score == "logits")
+
+
+def num_classes(model: keras.Model) -> int:
+    """Number of classes of a single-output classifier."""
+    shape = model.outputs[0].shape
+    return int(shape[-1])
+
+
+def check_targets(model: keras.Model, targets, n: int, x: np.ndarray | None = None) -> np.ndarray:
+    """Validate one target class per input; ``None`` means each input's predicted class.
+
+    Args:
+        model: The classifier.
+        targets: Class indices (one per input, or one for all), or None.
+        n: Number of inputs.
+        x: The inputs, needed when ``targets`` is None.
+
+    Raises:
+        KerascopeError: Wrong count or a class outside ``0..classes-1``.
+    """
+    if targets is None:
+        if x is None:
+            raise KerascopeError("targets=None (the predicted class) needs the inputs")
+        return predicted_classes(model, np.asarray(x, np.float32))
+    targets = np.asarray(targets, dtype=np.int32).reshape(-1)
+    if len(targets) == 1 and n > 1:
+        targets = np.repeat(targets, n)  # one class for every input
+    classes = num_classes(model)
+    if len(targets) != n:
+        raise KerascopeError(f"{len(targets)} targets given for {n} inputs")
+    bad = targets[(targets < 0) | (targets >= classes)]
+    if len(bad):
+        raise KerascopeError(f"target class {int(bad[0])} is out of range; valid: 0..{classes - 1}")
+    return targets
+
+
+def choose_targets(
+    mode: str, model: keras.Model, x: np.ndarray, labels: np.ndarray, batch_size: int = 256
+) -> np.ndarray:
+    """The class to explain for each input: ``predicted``, ``true`` or a fixed index.
+
+    Raises:
+        KerascopeError: ``true`` for unlabeled inputs, or a class out of range.
+    """
+    if mode == "predicted":
+        return predicted_classes(model, x, batch_size)
+    if mode == "true":
+        if (labels < 0).any():
+            raise KerascopeError("attribute.target=true but the inputs have no labels")
+        return check_targets(model, labels, len(x))
+    return check_targets(model, np.full(len(x), int(mode)), len(x))
+
+
+def predicted_classes(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The model's predicted class per input (the default attribution target)."""
+    fn = compile_step(
+        model,
+        ("predict", x.shape[1:]),
+        lambda: lambda b: tf.argmax(model(b, training=False), axis=-1, output_type=tf.int32),
+        [spec(x.shape[1:])],
+    )
+    preds = [
+        fn(tf.convert_to_tensor(x[a:b], tf.float32)).numpy() for a, b in batches(len(x), batch_size)
+    ]
+    return np.concatenate(preds).astype(np.int32) if preds else np.zeros(0, np.int32)
+
+
+def target_score(outputs, targets):
+    """Pick each input's target-class score: ``outputs[i, targets[i]]``."""
+    return tf.gather(outputs, targets, axis=1, batch_dims=1)
+
+
+def gradient_step(model: keras.Model, shape: tuple, score: str):
+    """The compiled ``(batch, targets) -> (d score / d batch, score)`` step for ``model``.
+
+    Every gradient method (saliency, SmoothGrad, Integrated Gradients) is built on it.
+    """
+
+    def build():
+        fwd = forward(model, score)
+
+        def step(batch, target):
+            with tf.GradientTape() as tape:
+                tape.watch(batch)
+                value = target_score(fwd(batch)[0], target)
+            return tape.gradient(value, batch), value
+
+        return step
+
+    return compile_step(
+        model, ("input_gradients", score, shape), build, [spec(shape), spec((), tf.int32)]
+    )
