@@ -14,13 +14,12 @@ wrong type or an unknown key is a one-line error instead of a crash later on.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -243,8 +242,8 @@ class Job(Generic[T]):
         paths: Every configured path, checked against the workspace.
         params: The whole configuration (recorded in every output for provenance).
         seed: The top-level seed.
-        safe_mode: ``model.safe_mode`` for stages that load the model.
-        custom_modules: ``model.custom_modules`` for stages that load the model.
+        model: The ``model`` section (:class:`pipeline.models.ModelSource`), for stages
+            that load the model.
     """
 
     stage: str
@@ -252,8 +251,7 @@ class Job(Generic[T]):
     paths: dict[str, Path]
     params: dict
     seed: int = 0
-    safe_mode: bool = True
-    custom_modules: list[str] = field(default_factory=list)
+    model: Any = None
 
     def claim(self):
         """Lock and clear this stage's outputs (see :class:`pipeline.workspace.StageOutputs`)."""
@@ -261,43 +259,6 @@ class Job(Generic[T]):
 
         names, metrics = STAGE_OUTPUTS[self.stage]
         return claim(self.paths, *names, metrics=metrics)
-
-    def load_model(self):
-        """``paths.model``, loaded with this job's safe_mode and custom modules."""
-        from pipeline.models import load_model_file
-
-        return load_model_file(self.paths["model"], self.safe_mode, self.custom_modules)
-
-    @contextlib.contextmanager
-    def tensor_work(self, options):
-        """Inside ``options.strategy``'s scope, yield :meth:`tensor_inputs`.
-
-        Batches are then split across the strategy's replicas (several GPUs), and the
-        model, loaded inside the scope, has a copy of its weights on each.
-        """
-        from pipeline.distribute import make_strategy
-
-        with make_strategy(options.strategy).scope():
-            yield self.tensor_inputs(options)
-
-    def tensor_inputs(self, options):
-        """The data set's description, the chosen inputs and the model that fits them.
-
-        Args:
-            options: A :class:`pipeline.artifacts.dataset.InputOptions`.
-
-        Raises:
-            KerascopeError: An unreadable upstream file, a bad selection, or a model
-                whose input shape does not fit the inputs.
-        """
-        from pipeline.artifacts.dataset import read_dataset_info
-        from pipeline.models import check_input_shape
-
-        info = read_dataset_info(self.paths["dataset"])
-        inputs = options.select(self.paths["dataset"])
-        model = self.load_model()
-        check_input_shape(model, inputs.x.shape[1:])
-        return info, inputs, model
 
     @property
     def config_yaml(self) -> str:
@@ -322,8 +283,7 @@ def make_job(
             entry, checked to be absent or kerascope's own).
         schema: Its section's dataclass; its ``check(prefix)`` method, if any, is called.
         section_name: The config section, if not named after the stage.
-        loads_model: The stage loads ``paths.model`` (reads ``model.safe_mode`` and
-            ``model.custom_modules``).
+        loads_model: The stage loads ``paths.model`` (reads the ``model`` section).
         exclude: Schema fields the section may not set.
 
     Raises:
@@ -338,17 +298,12 @@ def make_job(
         cfg.check(name)
     names, metrics = STAGE_OUTPUTS[stage]
     preflight(paths, *names, metrics=metrics)
-    model = params.get("model") if loads_model else None
-    model = model if isinstance(model, dict) else {}
-    return Job(
-        stage,
-        cfg,
-        paths,
-        params,
-        int(params.get("seed", 0) or 0),
-        bool(model.get("safe_mode", True)),
-        list(model.get("custom_modules") or []),
-    )
+    source = None
+    if loads_model:
+        from pipeline.models import read_model_section
+
+        source, _ = read_model_section(params.get("model"))
+    return Job(stage, cfg, paths, params, int(params.get("seed", 0) or 0), source)
 
 
 def to_yaml(params: dict) -> str:

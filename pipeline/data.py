@@ -516,7 +516,8 @@ def make_splits(
         seed: Seed for every random choice here.
         val_fraction: Share of the (non-test) data used for validation.
         test_fraction: Share held out for test; None uses the source's official test split.
-        probe_per_class: How many test examples of each class form the probe set.
+        probe_per_class: How many test examples of each class form the probe set (ten
+            times as many for unlabeled data).
         limit: Keep only this many examples (stratified) before splitting, for quick runs.
 
     Returns:
@@ -550,9 +551,9 @@ def make_splits(
     probe = []
     for cls in np.unique(yte):
         members = np.flatnonzero(yte == cls)
-        probe.append(
-            np.sort(rng.choice(members, min(probe_per_class, len(members)), replace=False))
-        )
+        # Unlabeled data (-1) form one "class": give it as many inputs as ten classes get.
+        take = probe_per_class * (UNLABELED_PROBE_FACTOR if cls < 0 else 1)
+        probe.append(np.sort(rng.choice(members, min(take, len(members)), replace=False)))
     probe_index = np.concatenate(probe) if probe else np.array([], dtype=np.int64)
     if len(train_idx) == 0 or len(xte) == 0:
         raise KerascopeError(
@@ -575,6 +576,76 @@ def data_hash(*arrays: np.ndarray) -> str:
         digest.update(f"{arr.shape}{arr.dtype}".encode())
         digest.update(arr.tobytes())
     return f"sha256:{digest.hexdigest()}"
+
+
+#: Unlabeled data have no classes to draw the probe set from: it holds this many times
+#: ``probe_per_class`` inputs.
+UNLABELED_PROBE_FACTOR = 10
+
+
+@dataclass
+class ClassAlignment:
+    """How the data's classes map onto the model's outputs.
+
+    Attributes:
+        class_names: The model's output classes (the names the report uses).
+        label_map: For each data class index, the model's output index.
+        note: What was assumed, for the user ("" when classes match by name).
+    """
+
+    class_names: list[str]
+    label_map: np.ndarray
+    note: str = ""
+
+    def map_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Data labels as model output indices (-1, unlabeled, stays -1)."""
+        labels = np.asarray(labels, np.int64)
+        if not len(self.label_map):
+            return labels
+        return np.where(labels >= 0, self.label_map[np.clip(labels, 0, None)], -1)
+
+
+def align_classes(
+    data_classes: Sequence[str], model_classes: Sequence[str] | None, outputs: int
+) -> ClassAlignment:
+    """Match the data's classes to the model's outputs, by name where the model's are named.
+
+    Args:
+        data_classes: The data set's class names ([] for unlabeled data).
+        model_classes: ``model.class_names``, or None.
+        outputs: How many classes the model tells apart (2 for a one-unit binary head).
+
+    Raises:
+        KerascopeError: Counts that differ without names to match by, names the model
+            does not have, or a ``model.class_names`` of the wrong length.
+    """
+    data_classes = [str(c) for c in data_classes]
+    if model_classes is None:
+        if not data_classes:
+            return ClassAlignment([str(i) for i in range(outputs)], np.zeros(0, np.int64))
+        if len(data_classes) != outputs:
+            shown = ", ".join(data_classes[:6]) + (", ..." if len(data_classes) > 6 else "")
+            raise KerascopeError(
+                f"the data have {len(data_classes)} classes ({shown}) but the model outputs "
+                f"{outputs}; list the model's classes in model.class_names to match the data's "
+                "by name"
+            )
+        note = "model.class_names not set: the data's classes are taken in the model's output order"
+        return ClassAlignment(data_classes, np.arange(outputs), note)
+    model_classes = [str(c) for c in model_classes]
+    if len(model_classes) != outputs:
+        raise KerascopeError(
+            f"model.class_names lists {len(model_classes)} names but the model outputs {outputs} "
+            "classes"
+        )
+    missing = [c for c in data_classes if c not in model_classes]
+    if missing:
+        raise KerascopeError(
+            f"data class '{missing[0]}' is not among model.class_names; "
+            f"{choices_hint(missing[0], model_classes)}"
+        )
+    label_map = np.asarray([model_classes.index(c) for c in data_classes], np.int64)
+    return ClassAlignment(model_classes, label_map)
 
 
 @dataclass

@@ -214,9 +214,17 @@ MIN_CAM_EXTENT = 7
 KEYWORDS = ("output", "last_conv", "last_hidden")
 
 
+#: Layers that only move values around (pad, crop, reshape, drop): never a CAM layer.
+_NOT_FEATURES = ("ZeroPadding", "Cropping", "Reshape", "Permute", "Dropout", "SpatialDropout")
+
+
 def _spatial_layers(model: keras.Model) -> list[LayerInfo]:
     spatial = [
-        i for i in list_layers(model) if is_spatial(i) and not isinstance(i.layer, keras.Model)
+        i
+        for i in list_layers(model)
+        if is_spatial(i)
+        and not isinstance(i.layer, keras.Model)
+        and not i.class_name.startswith(_NOT_FEATURES)
     ]
     if not spatial:
         raise KerascopeError(
@@ -229,7 +237,8 @@ def _spatial_layers(model: keras.Model) -> list[LayerInfo]:
 def default_cam_layer(model: keras.Model) -> str:
     """The layer class activation maps use by default, and what ``last_conv`` names.
 
-    The rule: the last layer (nested model boxes skipped) whose output keeps every
+    The rule: the last layer (nested model boxes and layers that only pad, crop,
+    reshape or drop skipped) whose output keeps every
     spatial or time axis at :data:`MIN_CAM_EXTENT` or more positions and is not a
     class-score map (as many channels as the model has outputs, with no layer holding
     weights after it: the 1x1 convolution some nets put right before global pooling).
@@ -364,6 +373,15 @@ def _linear_copy(layer: keras.layers.Layer, input_shape) -> keras.layers.Layer:
     if shared != len(originals):
         clone.set_weights(layer.get_weights())
     return clone
+
+
+def _only_tensor(outputs):
+    """A layer's output as one tensor where it wraps one (a SavedModel layer's dict)."""
+    if isinstance(outputs, dict) and len(outputs) == 1:
+        return next(iter(outputs.values()))
+    if isinstance(outputs, list | tuple) and len(outputs) == 1:
+        return outputs[0]
+    return outputs
 
 
 class LayerForward:
@@ -502,24 +520,37 @@ class LayerForward:
             else:
                 outputs = self._call_op(op, args, kwargs)
             if path in self._wanted:
-                taps[path] = outputs
+                taps[path] = _only_tensor(outputs)
             for x, y in zip(node.outputs, tree.flatten(outputs), strict=True):
                 tensors[id(x)] = y
         results = [tensors[id(x)] for x in graph.outputs]
         return tree.pack_sequence_as(graph._outputs_struct, results)
 
 
-def model_outputs_are_probabilities(model: keras.Model) -> bool:
-    """Whether the model ends in a softmax or sigmoid (so logits differ from outputs)."""
+def class_count(model: keras.Model) -> int:
+    """How many classes the model tells apart: its output units (2 for a one-unit head)."""
+    units = int(model.outputs[0].shape[-1] or 1) if model.outputs else 1
+    return 2 if units == 1 else units
+
+
+def output_activation(model: keras.Model) -> str:
+    """How the model's (first) output is squashed: ``softmax``, ``sigmoid`` or ``linear``.
+
+    ``linear`` means the model outputs logits; a final ``Softmax`` layer or a layer with
+    a softmax/sigmoid activation is recognised, nested models included.
+    """
     graph = graph_of(model)
     if graph is None:
-        return False
-    output_ids = {id(t) for t in graph.outputs}
+        return "linear"
+    output_ids = {id(t) for t in graph.outputs[:1]}
     for node in ordered_nodes(graph):
         if any(id(t) in output_ids for t in node.outputs):
             op = node.operation
             if isinstance(op, keras.Model):
-                return model_outputs_are_probabilities(op)
-            if type(op).__name__ == "Softmax" or _has_output_activation(op):
-                return True
-    return False
+                return output_activation(op)
+            if type(op).__name__ == "Softmax":
+                return "softmax"
+            name = _has_output_activation(op)
+            if name:
+                return name
+    return "linear"

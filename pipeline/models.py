@@ -151,12 +151,44 @@ class ModelSource:
         path: The user's model file (``pretrained``).
         safe_mode: Refuse code from model files (see :func:`load_model_file`).
         custom_modules: The user's modules that register custom layers.
+        preprocessing: The model's input space (see :mod:`pipeline.inputs`).
+        class_names: The model's output classes, a list or a text file with one name
+            per line; None: the data's classes, in order.
+        output: The output explained in a multi-output model (name or index).
     """
 
     name: str = "mnist_cnn"
     path: str | None = None
     safe_mode: bool = True
     custom_modules: list[str] = field(default_factory=list)
+    preprocessing: object = "none"
+    class_names: list[str] | str | None = None
+    output: str | int | None = None
+
+    def space(self):
+        """The model's :class:`pipeline.inputs.InputSpace`."""
+        from pipeline.inputs import input_space
+
+        return input_space(self.preprocessing)
+
+    def output_classes(self) -> list[str] | None:
+        """``class_names`` as a list (read from its file if it names one).
+
+        Raises:
+            KerascopeError: A missing or empty class-name file.
+        """
+        if self.class_names is None or isinstance(self.class_names, list):
+            return self.class_names
+        path = Path(self.class_names)
+        if not path.is_file():
+            raise KerascopeError(
+                f"model.class_names '{path}' is neither a list nor an existing text file "
+                "(one class name per line)"
+            )
+        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not names:
+            raise KerascopeError(f"model.class_names file '{path}' holds no names")
+        return names
 
 
 def read_model_section(raw) -> tuple[ModelSource, dict]:
@@ -185,6 +217,19 @@ def read_model_section(raw) -> tuple[ModelSource, dict]:
             f"invalid value {source.custom_modules!r} for 'model.custom_modules'; expected a "
             "list of module names"
         )
+    source.space()  # checks model.preprocessing
+    if source.class_names is not None and not (
+        isinstance(source.class_names, str)
+        or isinstance(source.class_names, list)
+        and all(isinstance(c, str | int) for c in source.class_names)
+    ):
+        raise KerascopeError(
+            f"invalid value {source.class_names!r} for 'model.class_names'; expected a list "
+            "of names or a text file"
+        )
+    if isinstance(source.class_names, list):
+        source.class_names = [str(c) for c in source.class_names]
+    source.output_classes()  # a class-name file must exist and hold names
     options = {k: v for k, v in raw.items() if k not in common}
     if source.name == "pretrained":
         if options:
@@ -526,8 +571,6 @@ def load_model_file(
         KerascopeError: Missing, truncated or not a model, or code that safe mode or the
             registry refuses.
     """
-    import keras
-
     path = Path(path)
     if not path.exists():
         raise KerascopeError(f"model file '{path}' does not exist")
@@ -562,22 +605,160 @@ def load_model_file(
     needed = _code_needed(config) if config is not None else None
     if needed is not None and (safe_mode or needed[0] != "lambda"):
         raise _refuse_code(path, needed, safe_mode)
-    try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
-    except Exception as exc:  # Keras raises many types; report them as one line.
-        message = " ".join(str(exc).split())
-        if "safe_mode" in message or "Lambda" in message:
-            raise KerascopeError(
-                f"refusing to load '{path}': it contains a Lambda layer whose code would run "
-                "on load (Keras safe_mode); if you trust the file, set model.safe_mode=false"
-            ) from None
-        raise KerascopeError(f"cannot load model '{path}': {message[:300]}") from None
+    model = _load_keras_file(path, safe_mode, config)
     renamed = rename_invalid_layers(model)
     _RENAMED[model] = renamed
     if renamed:
         pairs = ", ".join(f"'{a}' -> '{b}'" for a, b in renamed.items())
         print(f"note: renamed layers TensorFlow cannot use as scope names: {pairs}")
     return model
+
+
+#: Arguments every Keras 3 layer takes beside its class's own (``Layer.__init__``).
+_LAYER_KWARGS = {
+    "activity_regularizer",
+    "trainable",
+    "dtype",
+    "autocast",
+    "name",
+    "input_dim",
+    "input_shape",
+    "batch_input_shape",
+    "batch_shape",
+}
+
+
+def _accepted_arguments(class_name: str) -> set[str] | None:
+    """The constructor arguments a Keras 3 layer class takes (None: unknown class)."""
+    import keras
+
+    cls = getattr(keras.layers, class_name, None)
+    if not isinstance(cls, type):
+        return None
+    accepted = set(_LAYER_KWARGS)
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is not None:
+            accepted |= {
+                p.name
+                for p in inspect.signature(init).parameters.values()
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+            }
+    return accepted
+
+
+def keras3_config(config) -> tuple[object, dict[str, list[str]]]:
+    """A Keras 2 model config with the layer arguments Keras 3 refuses removed.
+
+    tf-keras writes arguments some Keras 3 layers no longer take (``SeparableConv2D``'s
+    ``groups`` and ``kernel_*``, for instance); they are defaults or unused there.
+
+    Returns:
+        The fixed config and, per layer class, the arguments dropped.
+    """
+    dropped: dict[str, list[str]] = {}
+
+    def fix(node):
+        if isinstance(node, list):
+            return [fix(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        node = {k: fix(v) for k, v in node.items()}
+        inner = node.get("config")
+        accepted = _accepted_arguments(str(node.get("class_name")))
+        if isinstance(inner, dict) and accepted is not None and "layers" not in inner:
+            extra = sorted(k for k in inner if k not in accepted)
+            if extra:
+                dropped.setdefault(str(node["class_name"]), []).extend(
+                    k for k in extra if k not in dropped.get(str(node["class_name"]), [])
+                )
+                node["config"] = {k: v for k, v in inner.items() if k in accepted}
+        return node
+
+    return fix(config), dropped
+
+
+def _load_keras_file(path: Path, safe_mode: bool, config) -> keras.Model:
+    """Load a ``.keras`` or ``.h5`` file; a Keras 2 file Keras 3 refuses is fixed first."""
+    import keras
+
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=safe_mode)
+    except Exception as exc:  # Keras raises many types; report them as one line.
+        message = " ".join(str(exc).split())
+        first = exc
+    if "safe_mode" in message or "Lambda" in message:
+        raise KerascopeError(
+            f"refusing to load '{path}': it contains a Lambda layer whose code would run on "
+            "load (Keras safe_mode); if you trust the file, set model.safe_mode=false"
+        ) from None
+    fixed, dropped = keras3_config(config) if config is not None else (None, {})
+    if not dropped or path.suffix.lower() == ".keras":
+        raise KerascopeError(f"cannot load model '{path}': {message[:300]}") from None
+    # A Keras 2 HDF5 file: load a copy whose stored config Keras 3 accepts.
+    import json
+    import shutil
+    import tempfile
+
+    import h5py
+
+    with tempfile.TemporaryDirectory(prefix="kerascope-") as folder:
+        copy = Path(folder) / path.name
+        shutil.copyfile(path, copy)
+        with h5py.File(copy, "a") as handle:
+            handle.attrs["model_config"] = json.dumps(fixed)
+        try:
+            model = keras.saving.load_model(copy, compile=False, safe_mode=safe_mode)
+        except Exception:  # noqa: BLE001 - the first error is the one to report
+            message = " ".join(str(first).split())
+            raise KerascopeError(f"cannot load model '{path}': {message[:300]}") from None
+    what = "; ".join(f"{cls}: {', '.join(args)}" for cls, args in dropped.items())
+    print(f"note: Keras 2 file '{path.name}': dropped arguments Keras 3 does not take ({what})")
+    return model
+
+
+def select_output(model: keras.Model, output: str | int | None = None) -> keras.Model:
+    """The model with one output: the chosen one, or the only one (unwrapped from a list).
+
+    Keras 2 files often store a single output as a one-element list, so the model
+    returns ``[tensor]`` where the stages expect the tensor; a multi-output model is
+    explained for one output at a time. The layers are shared, not copied.
+
+    Args:
+        model: A loaded model.
+        output: The output's name (its layer's) or index; None: the first.
+
+    Raises:
+        KerascopeError: An unknown output name or an index out of range.
+    """
+    import keras
+
+    outputs = list(model.outputs or [])
+    struct = getattr(model, "_outputs_struct", None)
+    if len(outputs) <= 1 and not isinstance(struct, list | tuple | dict):
+        return model
+    names = [
+        t._keras_history[0].name if hasattr(t, "_keras_history") else str(i)
+        for i, t in enumerate(outputs)
+    ]
+    if output is None:
+        index = 0
+    elif isinstance(output, int) and not isinstance(output, bool):
+        index = output
+    else:
+        if str(output) not in names:
+            raise KerascopeError(
+                f"model '{model.name}' has no output '{output}'; {choices_hint(str(output), names)}"
+            )
+        index = names.index(str(output))
+    if not 0 <= index < len(outputs):
+        raise KerascopeError(
+            f"model '{model.name}' has {len(outputs)} outputs; model.output {output} is out of "
+            f"range (valid: 0..{len(outputs) - 1} or {', '.join(names)})"
+        )
+    if len(outputs) > 1:
+        print(f"note: model '{model.name}' has {len(outputs)} outputs; explaining '{names[index]}'")
+    return keras.Model(model.inputs, outputs[index], name=model.name)
 
 
 def _load_saved_model(path: Path) -> keras.Model:
@@ -607,17 +788,59 @@ class Scores:
     accuracy: float
 
 
+def _look_like_probabilities(outputs: np.ndarray) -> bool:
+    """Rows in [0, 1] summing to 1: a softmax the graph does not show (a SavedModel)."""
+    return bool(
+        len(outputs)
+        and (outputs >= 0).all()
+        and (outputs <= 1).all()
+        and np.allclose(outputs.sum(axis=-1), 1.0, atol=1e-3)
+    )
+
+
+def class_probabilities(outputs: np.ndarray, activation: str) -> np.ndarray:
+    """A classifier's raw outputs as class probabilities, by its output activation.
+
+    softmax: as they are; linear (logits): their softmax, unless they already are
+    probabilities (a SavedModel hides its softmax); one sigmoid (or linear) unit:
+    a binary classifier, [1 - p, p]; several sigmoid units: multi-label, each unit's
+    own probability (rows need not sum to 1).
+    """
+    outputs = np.asarray(outputs, np.float32)
+    if outputs.shape[-1] == 1:
+        p = outputs[:, 0] if activation == "sigmoid" else 1.0 / (1.0 + np.exp(-outputs[:, 0]))
+        return np.stack([1.0 - p, p], axis=-1).astype(np.float32)
+    if activation == "linear" and not _look_like_probabilities(outputs):
+        shifted = np.exp(outputs - outputs.max(axis=-1, keepdims=True))
+        return (shifted / shifted.sum(axis=-1, keepdims=True)).astype(np.float32)
+    return outputs
+
+
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> Scores:
     """Predict ``x`` and score the predictions against the labels ``y``.
 
-    The loss is the mean sparse categorical cross-entropy of the outputs.
+    The outputs become class probabilities by the model's output activation
+    (:func:`class_probabilities`); the loss is their mean cross-entropy (binary per
+    unit for multi-label sigmoid heads). Unlabeled data (-1) get NaN loss and accuracy.
     """
     import keras
 
-    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
-    loss = float(keras.losses.sparse_categorical_crossentropy(y, probabilities).numpy().mean())
-    accuracy = float(np.mean(np.argmax(probabilities, axis=-1) == y))
-    return Scores(np.asarray(probabilities, np.float32), loss, accuracy)
+    from pipeline.graph import output_activation
+
+    activation = output_activation(model)
+    outputs = model.predict(x, batch_size=batch_size, verbose=0)
+    probabilities = class_probabilities(outputs, activation)
+    labeled = y >= 0
+    if not labeled.any():
+        return Scores(probabilities, float("nan"), float("nan"))
+    if activation == "sigmoid" and probabilities.shape[-1] > 2 and outputs.shape[-1] > 1:
+        onehot = np.eye(probabilities.shape[-1], dtype=np.float32)[y[labeled]]
+        loss = keras.losses.binary_crossentropy(onehot, probabilities[labeled]).numpy().mean()
+    else:
+        loss = keras.losses.sparse_categorical_crossentropy(y[labeled], probabilities[labeled])
+        loss = loss.numpy().mean()
+    accuracy = float(np.mean(np.argmax(probabilities[labeled], axis=-1) == y[labeled]))
+    return Scores(probabilities, float(loss), accuracy)
 
 
 def check_input_shape(model: keras.Model, input_shape: Sequence[int]) -> None:
@@ -627,6 +850,11 @@ def check_input_shape(model: keras.Model, input_shape: Sequence[int]) -> None:
         model: The model.
         input_shape: The data's shape without the batch axis.
     """
+    if model.inputs and len(model.inputs) > 1:
+        raise KerascopeError(
+            f"model '{model.name}' takes {len(model.inputs)} inputs; kerascope explains "
+            "single-input models (wrap yours so that one input feeds it)"
+        )
     expected = model.inputs[0].shape[1:] if model.inputs else None
     if expected is None:
         return

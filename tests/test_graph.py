@@ -12,7 +12,7 @@ from pipeline.graph import (
     LayerForward,
     default_cam_layer,
     list_layers,
-    model_outputs_are_probabilities,
+    output_activation,
     resolve_layers,
 )
 
@@ -75,7 +75,7 @@ def test_logits_bypass_softmax_without_touching_the_model():
     np.testing.assert_allclose(tf.nn.softmax(logits), model(x), atol=1e-6)
     assert head.activation.__name__ == "softmax"
     assert np.array_equal(head.kernel.numpy(), kernel_before)
-    assert model_outputs_are_probabilities(model)
+    assert output_activation(model) == "softmax"
 
 
 def test_separate_softmax_layer_is_skipped_for_logits():

@@ -39,7 +39,10 @@ def test_bad_input_is_one_line(tmp_path, stage, args, expected):
 
 
 def test_model_with_wrong_input_shape_is_rejected(tmp_path):
-    """A pretrained model whose input does not fit the data fails before any output."""
+    """A pretrained model whose input does not fit the data fails before any output.
+
+    Images are resized and their channels converted to fit a model (8x8 digits into a
+    28x28 net work); inputs of another rank cannot be made to fit."""
     import keras
 
     from pipeline.stages.data import _main as data_main
@@ -57,9 +60,7 @@ def test_model_with_wrong_input_shape_is_rejected(tmp_path):
     params["paths"] = {k: str(tmp_path / v) for k, v in params["paths"].items()}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     data_main(params)
-    model = keras.Sequential(
-        [keras.Input((28, 28, 1)), keras.layers.Flatten(), keras.layers.Dense(10)]
-    )
+    model = keras.Sequential([keras.Input((28, 5)), keras.layers.Flatten(), keras.layers.Dense(10)])
     model.save(tmp_path / "user.keras")
     proc = run(
         python_cmd(
@@ -72,5 +73,5 @@ def test_model_with_wrong_input_shape_is_rejected(tmp_path):
         check=False,
     )
     assert proc.returncode == 2
-    assert "expects inputs of shape (28, 28, 1) but the data has shape (8, 8, 1)" in proc.stderr
+    assert "expects inputs of shape (28, 5) but the data have shape (8, 8, 1)" in proc.stderr
     assert not (tmp_path / "outputs" / "model.keras").exists()

@@ -53,6 +53,7 @@ LAYOUT = common.layout(
     @data_hash                                hash of the data set
     @source                                   which inputs (probe, test, npz:<path>, ...)
     @class_names                              class names (JSON)
+    @input_space                              the model's input space (JSON)
     """
 )
 
@@ -295,6 +296,7 @@ class Activations:
     layers: list[LayerRecord]
     provenance: dict[str, str]
     handle: h5py.File = field(repr=False)
+    input_space: dict = field(default_factory=dict)
 
     @property
     def n_inputs(self) -> int:
@@ -346,4 +348,5 @@ def open_activations(path: str | Path) -> Iterator[Activations]:
             layers=layers,
             provenance=common.common_attrs(f),
             handle=f,
+            input_space=common.read_json_attr(f, "input_space", {}),
         )

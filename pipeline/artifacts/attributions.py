@@ -45,6 +45,7 @@ LAYOUT = common.layout(
     @data_hash                           hash of the data set
     @source                              which inputs
     @class_names                         class names (JSON)
+    @input_space                         the model's input space (JSON)
     """
 )
 
@@ -99,6 +100,7 @@ class Attributions:
     sanity_threshold: float = 0.5
     provenance: dict[str, str] = field(default_factory=dict)
     n_inputs: int = 0
+    input_space: dict = field(default_factory=dict)
 
 
 def write_header(f, result: Attributions, config_yaml: str) -> None:
@@ -112,6 +114,7 @@ def write_header(f, result: Attributions, config_yaml: str) -> None:
             "score": result.score,
             "target_mode": result.target_mode,
             "methods": list(result.methods),
+            "input_space": dict(result.input_space) or None,
         },
     )
     for name in ("inputs", "targets", "labels", "probabilities", "index"):
@@ -212,6 +215,7 @@ def read_attributions(source: str | Path | BinaryIO, count: int | None = None) -
             sanity_threshold=threshold,
             provenance=common.common_attrs(f),
             n_inputs=len(f["inputs"]),
+            input_space=common.read_json_attr(f, "input_space", {}),
         )
 
 

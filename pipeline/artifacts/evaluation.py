@@ -27,6 +27,7 @@ LAYOUT = common.layout(
     @trained            whether the stage trained the model (false: loaded)
     @layers             the model's layers: path, class, output shape, parameters (JSON)
     @edges              data-flow edges between those layers, as index pairs (JSON)
+    @input_space        the model's input space (JSON; see pipeline/inputs.py)
     @renamed_layers     layers renamed because TensorFlow refuses their names (JSON)
     """
 )
@@ -57,6 +58,7 @@ class Evaluation:
     layers: list[LayerRow] = field(default_factory=list)
     edges: list[tuple[int, int]] = field(default_factory=list)
     renamed_layers: dict[str, str] = field(default_factory=dict)
+    input_space: dict = field(default_factory=dict)
 
     @property
     def labeled(self) -> bool:
@@ -81,6 +83,7 @@ def write_evaluation(path: str | Path, evaluation: Evaluation, config_yaml: str)
                 "layers": [vars(row) for row in evaluation.layers],
                 "edges": [list(e) for e in evaluation.edges],
                 "renamed_layers": dict(evaluation.renamed_layers),
+                "input_space": dict(evaluation.input_space) or None,
             },
         )
         f.create_dataset("test/labels", data=evaluation.labels)
@@ -106,4 +109,5 @@ def read_evaluation(path: str | Path) -> Evaluation:
             layers=[LayerRow(**row) for row in common.read_json_attr(f, "layers", [])],
             edges=[tuple(e) for e in common.read_json_attr(f, "edges", [])],
             renamed_layers=common.read_json_attr(f, "renamed_layers", {}),
+            input_space=common.read_json_attr(f, "input_space", {}),
         )

@@ -187,7 +187,7 @@ def _scorecam_step(model, layer, input_shape, keep):
             # One mask value per position, shared by all its channels (features).
             masked = tf.repeat(batch, keep, axis=0) * masks[..., None]
             logits = fwd(masked)[0]
-            probs = target_score(tf.nn.softmax(logits), tf.repeat(target, keep))
+            probs = target_score(fwd.probabilities(logits), tf.repeat(target, keep))
             # Softmax of the channels' scores, as in the paper's reference code.
             weights = tf.nn.softmax(tf.reshape(probs, (-1, keep)), axis=1)
             full = tf.reduce_sum(tf.one_hot(top, channels) * weights[..., None], axis=1)

@@ -9,7 +9,7 @@ import tensorflow as tf
 from pipeline.attribution.batching import batches, compile_step, spec
 from pipeline.attribution.options import SCORES
 from pipeline.errors import KerascopeError
-from pipeline.graph import LayerForward
+from pipeline.graph import LayerForward, class_count, output_activation
 
 
 def check_score(score: str) -> None:
@@ -18,16 +18,50 @@ def check_score(score: str) -> None:
         raise KerascopeError(f"invalid score '{score}'; valid: {', '.join(SCORES)}")
 
 
-def forward(model: keras.Model, score: str, layers=()) -> LayerForward:
-    """A forward pass returning pre-softmax logits or probabilities, plus layer taps."""
-    check_score(score)
-    return LayerForward(model, list(layers), logits=score == "logits")
+class ScoreForward:
+    """A forward pass returning class scores (logits or probabilities) and layer taps.
+
+    A one-unit binary head (sigmoid or a single logit z) is widened to two classes:
+    logits (-z, z), whose sigmoids are (1 - sigmoid(z), sigmoid(z)), or probabilities
+    (1 - p, p); so class 1 is explained by z and class 0 by -z. The model is untouched.
+    """
+
+    def __init__(self, model: keras.Model, score: str, layers=()) -> None:
+        check_score(score)
+        self.logits = score == "logits"
+        self.binary = int(model.outputs[0].shape[-1] or 1) == 1
+        self.squash = output_activation(model)
+        self.layers = LayerForward(model, list(layers), logits=self.logits)
+
+    def __call__(self, inputs):
+        """Run the model: ``(class scores, taps)``."""
+        outputs, taps = self.layers(inputs)
+        if self.binary:
+            if self.logits:
+                outputs = tf.concat([-outputs, outputs], axis=-1)
+            else:
+                p = outputs if self.squash == "sigmoid" else tf.sigmoid(outputs)
+                outputs = tf.concat([1.0 - p, p], axis=-1)
+        return outputs, taps
+
+    def probabilities(self, logits):
+        """Class probabilities from this forward's logits.
+
+        Softmax; each unit's sigmoid for a multi-label head or a widened binary one.
+        """
+        if self.binary or self.squash == "sigmoid":
+            return tf.sigmoid(logits)
+        return tf.nn.softmax(logits)
+
+
+def forward(model: keras.Model, score: str, layers=()) -> ScoreForward:
+    """A :class:`ScoreForward` of ``model`` for ``score``, tapping ``layers``."""
+    return ScoreForward(model, score, layers)
 
 
 def num_classes(model: keras.Model) -> int:
-    """Number of classes of a single-output classifier."""
-    shape = model.outputs[0].shape
-    return int(shape[-1])
+    """How many classes a classifier tells apart (2 for a one-unit binary head)."""
+    return class_count(model)
 
 
 def check_targets(model: keras.Model, targets, n: int, x: np.ndarray | None = None) -> np.ndarray:
@@ -77,12 +111,12 @@ def choose_targets(
 
 def predicted_classes(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The model's predicted class per input (the default attribution target)."""
-    fn = compile_step(
-        model,
-        ("predict", x.shape[1:]),
-        lambda: lambda b: tf.argmax(model(b, training=False), axis=-1, output_type=tf.int32),
-        [spec(x.shape[1:])],
-    )
+
+    def build():
+        fwd = forward(model, "probabilities")
+        return lambda b: tf.argmax(fwd(b)[0], axis=-1, output_type=tf.int32)
+
+    fn = compile_step(model, ("predict", x.shape[1:]), build, [spec(x.shape[1:])])
     preds = [
         fn(tf.convert_to_tensor(x[a:b], tf.float32)).numpy() for a, b in batches(len(x), batch_size)
     ]
@@ -114,3 +148,13 @@ def gradient_step(model: keras.Model, shape: tuple, score: str):
     return compile_step(
         model, ("input_gradients", score, shape), build, [spec(shape), spec((), tf.int32)]
     )
+
+
+def class_probabilities(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """The model's class probabilities for ``x``.
+
+    See :func:`pipeline.models.class_probabilities`.
+    """
+    from pipeline.models import class_probabilities as squash
+
+    return squash(model.predict(x, batch_size=batch_size, verbose=0), output_activation(model))

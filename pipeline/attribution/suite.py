@@ -15,6 +15,7 @@ import numpy as np
 from pipeline.attribution import method as method_function
 from pipeline.attribution.faithfulness import (
     DeletionInsertion,
+    SanityUnavailable,
     deletion_insertion,
     random_maps,
     randomization_sanity,
@@ -47,12 +48,14 @@ class Explanation:
         options: Method -> the keyword arguments it ran with (batch size left out).
         faithfulness: Method (and ``random``, the reference ranking) -> curves.
         sanity: Method -> (randomised layers in cascade order, Spearman after each).
+        sanity_skipped: Why the sanity check could not run on this model ("" if it ran).
     """
 
     results: dict[str, Attribution]
     options: dict[str, dict]
     faithfulness: dict[str, DeletionInsertion] = field(default_factory=dict)
     sanity: dict[str, tuple[list[str], np.ndarray]] = field(default_factory=dict)
+    sanity_skipped: str = ""
 
     def metrics(self, threshold: float) -> dict[str, dict[str, float]]:
         """Per method: AUCs, sanity correlation and pass (below ``threshold``), IG error."""
@@ -139,14 +142,19 @@ def explain(
             def maps_of(m, inputs, classes, name=name, kwargs=kwargs):
                 return method_function(name)(m, inputs, classes, **kwargs)
 
-            explanation.sanity[name] = randomization_sanity(
-                model,
-                x,
-                targets,
-                maps_of,
-                max_layers=sanity.max_layers,
-                seed=seed,
-                original=results[name].maps,
-            )
+            try:
+                explanation.sanity[name] = randomization_sanity(
+                    model,
+                    x,
+                    targets,
+                    maps_of,
+                    max_layers=sanity.max_layers,
+                    steps=sanity.steps,
+                    seed=seed,
+                    original=results[name].maps,
+                )
+            except SanityUnavailable as exc:
+                explanation.sanity_skipped = str(exc)
+                break
             tick(f"{name} sanity")
     return explanation

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from pipeline.errors import KerascopeError
 from pipeline.graph import LayerForward, list_layers
+from pipeline.inputs import InputSpace
 from pipeline.maximization import regularizers as reg
 from pipeline.maximization.objectives import objective_values
 from pipeline.maximization.parametrizations import initial_params, to_image
@@ -111,8 +112,11 @@ def _check_model(model: keras.Model) -> tuple[int, ...]:
     return tuple(int(d) for d in model.inputs[0].shape[1:])
 
 
-def _target_forward(model: keras.Model, objective: Objective, preactivation: bool):
-    """``images -> the objective's tensor``: logits, or the layer (before its activation)."""
+def _target_forward(model: keras.Model, objective: Objective, preactivation: bool, space):
+    """``images -> the objective's tensor``: logits, or the layer (before its activation).
+
+    Images are in display space; ``space`` maps them to the model's inputs first.
+    """
     is_logit = objective.kind == "class_logit"
     taps = [] if is_logit else [objective.layer]
     layer_forward = LayerForward(
@@ -120,7 +124,7 @@ def _target_forward(model: keras.Model, objective: Objective, preactivation: boo
     )
 
     def forward(images):
-        outputs, tapped = layer_forward(images)
+        outputs, tapped = layer_forward(space.to_model_tensor(images))
         return outputs if is_logit else tapped[objective.layer]
 
     return forward
@@ -186,6 +190,7 @@ def maximize(
     value_range: tuple[float, float] = (0.0, 1.0),
     settings: Settings | None = None,
     progress: Callable[[int], None] | None = None,
+    space: InputSpace | None = None,
 ) -> MaximizationResult:
     """Find inputs that maximize each unit's activation, many units per compiled step.
 
@@ -198,9 +203,13 @@ def maximize(
         model: An image model (inputs (H, W, C), float).
         objective: What to maximize (see :class:`Objective`).
         units: Unit (channel, neuron, class) indices.
-        value_range: (lo, hi) of the data; images stay inside it.
+        value_range: (lo, hi) of the data in display space; images stay inside it.
         settings: :class:`Settings`.
         progress: Called with the number of image-steps done after each compiled call.
+        space: The model's input space (:mod:`pipeline.inputs`): images are optimised
+            and returned in display space and mapped to the model's inputs on the way
+            in, so the value bounds, the colour decorrelation and the regularisers act
+            on what a person sees. None: the model takes display values.
 
     Returns:
         :class:`MaximizationResult`.
@@ -215,8 +224,9 @@ def maximize(
     copies = max(1, int(settings.copies))
     unit_list = np.repeat(np.asarray(units, dtype=np.int32), copies)
     copy_list = np.tile(np.arange(copies, dtype=np.int32), len(units))
-    forward = _target_forward(model, objective, preactivation=False)
-    opt_forward = _target_forward(model, objective, settings.preactivation)
+    space = space or InputSpace()
+    forward = _target_forward(model, objective, False, space)
+    opt_forward = _target_forward(model, objective, settings.preactivation, space)
     loss_fn = _regularized_loss(objective, opt_forward, settings, shape, value_range, copies)
     run = _adam_loop(loss_fn, settings)
 

@@ -16,6 +16,7 @@ from pipeline.artifacts.attributions import Attributions
 from pipeline.artifacts.dataset import Split
 from pipeline.artifacts.evaluation import Evaluation
 from pipeline.artifacts.maximization import Maximization
+from pipeline.inputs import InputSpace
 from pipeline.render import figures
 from pipeline.render.options import RenderOptions, choose_view
 from pipeline.render.report import FigureWriter, Section, anchor
@@ -58,16 +59,25 @@ def training_section(
         sec.text("The model was loaded, not trained: no training curves.")
     classes = evaluation.class_names
     predicted = evaluation.probabilities.argmax(-1)
-    sec.figure(
-        writer.save(
-            figures.confusion_matrix(evaluation.labels, predicted, classes), "confusion_matrix"
-        ),
-        "Confusion matrix on the test split",
-    )
+    if evaluation.labeled:
+        sec.figure(
+            writer.save(
+                figures.confusion_matrix(evaluation.labels, predicted, classes), "confusion_matrix"
+            ),
+            "Confusion matrix on the test split",
+        )
+    else:
+        sec.text(
+            "The data are unlabeled: there is no accuracy or confusion matrix, and the "
+            "attributions explain each input's predicted class."
+        )
     if probe is not None and probe.index is not None and len(probe.index):
         shown = slice(None, opts.max_prediction_inputs)
-        probs = evaluation.probabilities[probe.index[shown]]
-        fig = figures.prediction_grid(probe.x[shown], probe.y[shown], probs, classes)
+        # Labels and probabilities as the model sees them (its classes), from evaluation.
+        rows = probe.index[shown]
+        fig = figures.prediction_grid(
+            probe.x[shown], evaluation.labels[rows], evaluation.probabilities[rows], classes
+        )
         sec.figure(writer.save(fig, "prediction_grid"), "Probe inputs: true and predicted labels")
     return sec
 
@@ -155,6 +165,8 @@ def activations_section(
     # Only the first few inputs are drawn: never load a whole 10,000-input layer for a
     # figure that shows three of them.
     inputs = acts.inputs(shown)
+    if inputs is not None:
+        inputs = InputSpace.from_description(acts.input_space).to_display(inputs)
     sec.text(
         f"{acts.n_inputs} inputs from the '{acts.source}' split; figures show the first "
         f"{shown}. Fractions are of units (dead: never above zero; saturated: see the README)."
@@ -201,9 +213,8 @@ def attributions_section(
     )
     sec.heading("Maps per input", "attribution-maps")
     maps = {m: r.maps for m, r in result.methods.items()}
-    fig = figures.attribution_grid(
-        result.inputs, maps, result.targets, classes, opts.attribution_cmap
-    )
+    shown = InputSpace.from_description(result.input_space).to_display(result.inputs)
+    fig = figures.attribution_grid(shown, maps, result.targets, classes, opts.attribution_cmap)
     sec.figure(
         writer.save(fig, "attributions"), "Input, then each method's map (own scale per map)"
     )

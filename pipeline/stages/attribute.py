@@ -23,39 +23,39 @@ def configure(params: dict) -> Job[AttributeOptions]:
 def run(job: Job[AttributeOptions]) -> None:
     """Compute every configured method, its faithfulness and sanity, and write them."""
     import keras
-    import numpy as np
     from tqdm import tqdm
 
     from pipeline.artifacts.attributions import Attributions, record_of, write_header, write_results
     from pipeline.attribution.cam import cam_layer
     from pipeline.attribution.options import CAM_METHODS
-    from pipeline.attribution.scoring import choose_targets
+    from pipeline.attribution.scoring import choose_targets, class_probabilities
     from pipeline.attribution.suite import explain
+    from pipeline.stages.common import tensor_work
     from pipeline.workspace import file_hash, hdf5_file
 
     cfg, paths = job.cfg, job.paths
     # Every input is checked before any output is touched.
-    with job.tensor_work(cfg) as (info, inputs, model):
-        x = inputs.x.astype(np.float32)
+    with tensor_work(job, cfg) as work:
+        model, inputs = work.model, work.inputs
+        x = inputs.x
         if any(m in CAM_METHODS for m in cfg.methods):
             cam_layer(model, cfg.layer)
         targets = choose_targets(str(cfg.target), model, x, inputs.y, cfg.batch_size)
         keras.utils.set_random_seed(job.seed)
-        probabilities = np.asarray(
-            model.predict(x, batch_size=cfg.batch_size, verbose=0), np.float32
-        )
+        probabilities = class_probabilities(model, x, cfg.batch_size)
         steps = len(cfg.methods) * (1 + cfg.faithfulness.enabled + cfg.sanity.enabled)
         bar = tqdm(total=steps, desc="attribute", unit="step", disable=None, file=sys.stderr)
         started = time.perf_counter()
         attrs = {
-            "class_names": info.class_names,
+            "class_names": work.classes.class_names,
             "score": cfg.score,
             "target_mode": str(cfg.target),
             "substrate": cfg.faithfulness.substrate,
             "sanity_threshold": cfg.sanity.threshold,
+            "input_space": work.space.describe(),
             "provenance": {
                 "model_hash": file_hash(paths["model"]),
-                "data_hash": info.data_hash,
+                "data_hash": work.info.data_hash,
                 "source": inputs.source,
             },
         }
@@ -81,6 +81,8 @@ def run(job: Job[AttributeOptions]) -> None:
                 sanity=cfg.sanity,
                 progress=lambda label: (bar.set_postfix_str(label), bar.update(1)),
             )
+            if explanation.sanity_skipped:
+                print(f"note: randomisation sanity check skipped: {explanation.sanity_skipped}")
             write_results(f, record_of(explanation, inputs, targets, probabilities, **attrs))
             with out.write("metrics/attribute.json") as metrics:
                 metrics.write_text(json.dumps(explanation.metrics(cfg.sanity.threshold), indent=2))

@@ -47,43 +47,44 @@ def run(job: Job[ExtractOptions]) -> None:
 
     from pipeline.activations import ActivationHealth, default_layers, iter_activations, layer_metas
     from pipeline.artifacts.activations import write_activations, write_header
+    from pipeline.stages.common import tensor_work
     from pipeline.workspace import file_hash, hdf5_file
 
     cfg, paths = job.cfg, job.paths
     # Every input is checked before any output is touched.
-    with job.tensor_work(cfg) as (info, inputs, model):
-        chosen = default_layers(model, cfg.layers)
-        metas = layer_metas(model, chosen)
+    with tensor_work(job, cfg, one_output=False) as work:
+        chosen = default_layers(work.model, cfg.layers)
+        metas = layer_metas(work.model, chosen)
         started = time.perf_counter()
-        progress = tqdm(
-            total=len(inputs.x), desc="extract", unit="input", disable=None, file=sys.stderr
-        )
+        x = work.inputs.x
+        bar = tqdm(total=len(x), desc="extract", unit="input", disable=None, file=sys.stderr)
         with job.claim() as out:
             with out.write("activations") as tmp, hdf5_file(tmp) as f:
                 attrs = {
                     "model_hash": file_hash(paths["model"]),
-                    "data_hash": info.data_hash,
-                    "source": inputs.source,
-                    "class_names": info.class_names,
+                    "data_hash": work.info.data_hash,
+                    "source": work.inputs.source,
+                    "class_names": work.classes.class_names,
+                    "input_space": work.space.describe(),
                 }
-                write_header(f, job.config_yaml, attrs, inputs.y, inputs.index)
+                write_header(f, job.config_yaml, attrs, work.inputs.y, work.inputs.index)
                 report = write_activations(
                     f,
-                    iter_activations(model, inputs.x, chosen, cfg.batch_size, stats=True),
-                    [inputs.x],
+                    iter_activations(work.model, x, chosen, cfg.batch_size, stats=True),
+                    [x],
                     metas,
                     ActivationHealth({m.path: m.activation for m in metas}),
                     batch_size=cfg.batch_size,
                     compression=None if cfg.compression == "none" else cfg.compression,
                     fail_on_nonfinite=cfg.fail_on_nonfinite,
-                    progress=progress.update,
+                    progress=bar.update,
                 )
             with out.write("metrics/extract.json") as tmp:
                 tmp.write_text(json.dumps({"layers": report}, indent=2))
-        progress.close()
+        bar.close()
     elapsed = time.perf_counter() - started
     where = paths["activations"]
-    print(f"extract: {len(chosen)} layers x {len(inputs.x)} inputs in {elapsed:.1f} s -> {where}")
+    print(f"extract: {len(chosen)} layers x {len(x)} inputs in {elapsed:.1f} s -> {where}")
 
 
 main = run_stage(configure, run, __name__)  # runs under `python -m pipeline.stages.*`

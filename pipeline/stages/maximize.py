@@ -32,19 +32,21 @@ def run(job: Job[MaximizeOptions]) -> None:
     import numpy as np
     from tqdm import tqdm
 
-    from pipeline.artifacts.dataset import read_dataset_info, read_split
+    from pipeline.artifacts.dataset import InputOptions
     from pipeline.artifacts.maximization import Maximization, TargetImages, write_maximization
     from pipeline.maximization.optimize import maximize
     from pipeline.maximization.targets import plan_targets, reach_ratios
+    from pipeline.stages.common import prepare
     from pipeline.workspace import file_hash
 
     paths = job.paths
     options = {k: v for k, v in asdict(job.cfg).items() if k != "targets"}
     settings = Settings(**{**options, "scale": tuple(job.cfg.scale), "seed": job.seed})
-    info = read_dataset_info(paths["dataset"])
-    model = job.load_model()
-    # Every target is resolved before any output is touched.
-    plans, skipped = plan_targets(model, job.cfg.targets, read_split(paths["dataset"], "probe").x)
+    # The probe inputs (in the model's space) are the reach ratio's reference. Every
+    # target is resolved before any output is touched.
+    work = prepare(job, InputOptions(source="probe"))
+    info, model = work.info, work.model
+    plans, skipped = plan_targets(model, job.cfg.targets, work.inputs.x)
     for keyword in skipped:
         print(f"maximize: model '{model.name}' has no {keyword} layer; skipped")
     total = sum(len(p.units) for p in plans) * max(1, settings.copies) * settings.steps
@@ -55,7 +57,13 @@ def run(job: Job[MaximizeOptions]) -> None:
         for plan in plans:
             bar.set_postfix_str(plan.objective.layer)
             result = maximize(
-                model, plan.objective, plan.units, info.value_range, settings, progress=bar.update
+                model,
+                plan.objective,
+                plan.units,
+                info.value_range,
+                settings,
+                progress=bar.update,
+                space=work.space,
             )
             best = plan.probe_values.max(axis=0)[result.units]
             reach = reach_ratios(result.final, best)
@@ -80,7 +88,7 @@ def run(job: Job[MaximizeOptions]) -> None:
             )
         record = Maximization(
             targets,
-            info.class_names,
+            work.classes.class_names,
             {"model_hash": file_hash(paths["model"]), "data_hash": info.data_hash},
         )
         with out.write("maximization") as tmp:

@@ -43,23 +43,36 @@ def configure(params: dict) -> TrainJob:
     return TrainJob(job, source, options)
 
 
+def _model(task: TrainJob, info):
+    """Build the zoo model, or load the user's (one output); and its renamed layers."""
+    from pipeline.models import build_model, load_model_file, renamed_layers
+
+    source = task.source
+    if source.name != "pretrained":
+        classes = len(info.class_names)
+        if not classes:
+            raise KerascopeError(
+                f"model '{source.name}' must be trained, but the data are unlabeled; label "
+                "them, or bring a trained model with model=pretrained"
+            )
+        return build_model(source.name, info.input_shape, classes, **task.builder_options), {}
+    loaded = load_model_file(source.path, source.safe_mode, source.custom_modules)
+    return loaded, renamed_layers(loaded)
+
+
 def run(task: TrainJob) -> None:
     """Train (or load) and evaluate the model, then write every output atomically."""
     import keras
+    import numpy as np
     from dvclive import Live
 
     from pipeline.artifacts.dataset import read_dataset_info, read_split
     from pipeline.artifacts.evaluation import Evaluation, LayerRow, write_evaluation
+    from pipeline.data import align_classes
     from pipeline.distribute import make_strategy, per_replica_batch
-    from pipeline.graph import layer_edges, summary_rows
-    from pipeline.models import (
-        build_model,
-        check_input_shape,
-        epoch_logger,
-        evaluate,
-        load_model_file,
-        renamed_layers,
-    )
+    from pipeline.graph import class_count, layer_edges, summary_rows
+    from pipeline.models import epoch_logger, evaluate, select_output
+    from pipeline.stages.common import to_model_space
     from pipeline.workspace import file_hash, mark_model
 
     job, source, cfg = task.job, task.source, task.job.cfg
@@ -74,30 +87,33 @@ def run(task: TrainJob) -> None:
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(cfg.strategy)
     per_replica_batch(cfg.batch_size, strategy)
-    # The model is built or loaded (and so checked) before any output is touched.
+    # The model is built or loaded, and the data matched to it, before any output is
+    # touched: a class or shape mismatch stops here, not after minutes of work.
     with strategy.scope():
-        if source.name == "pretrained":
-            model = load_model_file(source.path, source.safe_mode, source.custom_modules)
-            check_input_shape(model, info.input_shape)
-        else:
-            classes = len(info.class_names)
-            model = build_model(source.name, info.input_shape, classes, **task.builder_options)
-        model.compile(
-            optimizer=keras.optimizers.Adam(cfg.learning_rate),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
-    # dvclive writes metrics.json at every epoch, into a temporary directory that is
-    # renamed into place only when the whole stage has succeeded.
-    outputs = job.claim()
-    with outputs as out, out.write("live") as live_dir:
+        model, renamed = _model(task, info)
+    # Explained and evaluated: model.output (the saved file keeps every output).
+    explained = select_output(model, source.output)
+    names = source.output_classes() if source.name == "pretrained" else None
+    classes = align_classes(info.class_names, names, class_count(explained))
+    if classes.note and source.name == "pretrained" and info.class_names:
+        print(f"note: {classes.note}")
+    space = source.space()
+    x_test, y_test = to_model_space(test.x, explained, space), classes.map_labels(test.y)
+    with job.claim() as out, out.write("live") as live_dir:
+        # dvclive writes metrics.json at every epoch, into this temporary directory.
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, report=None)
         history = {}
         if source.name != "pretrained":
+            with strategy.scope():
+                model.compile(
+                    optimizer=keras.optimizers.Adam(cfg.learning_rate),
+                    loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"],
+                )
             fit = model.fit(
-                train.x,
+                space.to_model(train.x),
                 train.y,
-                validation_data=(val.x, val.y) if len(val.y) else None,
+                validation_data=(space.to_model(val.x), val.y) if len(val.y) else None,
                 epochs=cfg.epochs,
                 batch_size=cfg.batch_size,
                 shuffle=True,
@@ -105,16 +121,17 @@ def run(task: TrainJob) -> None:
                 verbose=2,
             )
             history = {k: [float(v) for v in values] for k, values in fit.history.items()}
-        scores = evaluate(model, test.x, test.y, max(cfg.batch_size, 256))
-        live.summary["test"] = {"accuracy": scores.accuracy, "loss": scores.loss}
+        scores = evaluate(explained, x_test, y_test, max(cfg.batch_size, 256))
+        if np.isfinite(scores.accuracy):
+            live.summary["test"] = {"accuracy": scores.accuracy, "loss": scores.loss}
         live.summary["params"] = int(model.count_params())
         with out.write("model") as tmp:
             model.save(tmp)
             mark_model(tmp)
             model_hash = file_hash(tmp)
         evaluation = Evaluation(
-            class_names=info.class_names,
-            labels=test.y,
+            class_names=classes.class_names,
+            labels=y_test,
             probabilities=scores.probabilities,
             history=history,
             trained=source.name != "pretrained",
@@ -124,12 +141,18 @@ def run(task: TrainJob) -> None:
             source_model_hash=file_hash(source.path) if source.path else "",
             layers=[LayerRow(*row) for row in summary_rows(model)],
             edges=layer_edges(model),
-            renamed_layers=renamed_layers(model),
+            renamed_layers=renamed,
+            input_space=space.describe(),
         )
         with out.write("evaluation") as tmp:
             write_evaluation(tmp, evaluation, job.config_yaml)
         live.end()
-    print(f"train: {model.name} test accuracy {scores.accuracy:.4f}, loss {scores.loss:.4f}")
+    result = (
+        "unlabeled"
+        if not np.isfinite(scores.accuracy)
+        else f"test accuracy {scores.accuracy:.4f}, loss {scores.loss:.4f}"
+    )
+    print(f"train: {model.name} {result}")
 
 
 main = run_stage(configure, run, __name__)  # runs under `python -m pipeline.stages.*`
