@@ -1,21 +1,31 @@
-"""Extraction: kerascope (one compiled pass per batch, streamed to HDF5 with health
-statistics) vs what users run today (a sub-model per layer, as the tutorials teach, or
-one multi-output sub-model, as keract builds), plus peak memory against input count.
+"""Extraction: kerascope against its compute floor and what users run today.
 
-Run: python benchmarks/bench_extract.py
+The **floors** are a bare multi-output forward pass in one ``tf.function`` (with and
+without XLA) that allocates each layer's array once and copies every batch into it
+(memory), or writes every batch once into uncompressed HDF5 datasets (file). kerascope
+is ``extract_activations`` (memory) and what the extract stage runs (HDF5, health
+statistics included). Peers: a keract-style multi-output ``predict``, the tutorials' one
+sub-model per layer, and a bare ``model.predict`` of the final output only. Optionally
+(``--memory``) the peak memory against the number of inputs. Raw times go to
+``benchmarks/results/extract.json``.
+
+Run: python benchmarks/bench_extract.py [--memory] [--compression]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import common
 import h5py
 import keras
 import numpy as np
+import tensorflow as tf
 
 from pipeline.activations import (
     ActivationHealth,
@@ -26,8 +36,9 @@ from pipeline.activations import (
 )
 from pipeline.artifacts.activations import write_activations
 
-N = 2000
+N = {"mnist_cnn": 2000, "vgg_small": 400}  # vgg_small: 1 MB of activations per input
 BATCH = 256
+REPEAT = 5
 
 
 def kerascope_to_hdf5(model, x, path: str, compression=None) -> None:
@@ -59,6 +70,44 @@ def multi_output_submodel(model, x) -> dict:
     sub = keras.Model(model.inputs, [layer.output for layer in model.layers])
     outputs = sub.predict(x, batch_size=BATCH, verbose=0)
     return dict(zip([layer.name for layer in model.layers], outputs, strict=True))
+
+
+def floor_forward(model, jit: bool):
+    """A bare forward pass returning every layer's output, in one ``tf.function``."""
+    sub = keras.Model(model.inputs, [layer.output for layer in model.layers])
+    return tf.function(lambda x: sub(x, training=False), jit_compile=jit)
+
+
+def floor_memory(forward, model, x) -> list[np.ndarray]:
+    """Forward per batch; every layer's array allocated once, each batch copied in once."""
+    out = None
+    for a in range(0, len(x), BATCH):
+        parts = forward(tf.constant(x[a : a + BATCH]))
+        if out is None:
+            out = [np.empty((len(x), *p.shape[1:]), p.dtype.as_numpy_dtype) for p in parts]
+        for array, part in zip(out, parts, strict=True):
+            array[a : a + len(part)] = part.numpy()
+    return out
+
+
+def floor_hdf5(forward, model, x, path: str) -> None:
+    """Forward per batch; each batch written once into uncompressed HDF5 datasets."""
+    with h5py.File(path, "w") as f:
+        datasets = None
+        for a in range(0, len(x), BATCH):
+            parts = forward(tf.constant(x[a : a + BATCH]))
+            if datasets is None:
+                datasets = [
+                    f.create_dataset(
+                        f"layer{i}",
+                        (len(x), *p.shape[1:]),
+                        p.dtype.as_numpy_dtype,
+                        chunks=(min(BATCH, len(x)), *p.shape[1:]),
+                    )
+                    for i, p in enumerate(parts)
+                ]
+            for dataset, part in zip(datasets, parts, strict=True):
+                dataset[a : a + len(part)] = part.numpy()
 
 
 # Peak memory is VmHWM of the child's own address space: ru_maxrss would also count the
@@ -95,60 +144,132 @@ def peak_memory_mb(n: int) -> tuple[float, float]:
         return float(result.stdout.strip().splitlines()[-1]), os.path.getsize(output) / 1e6
 
 
-def bench_model(name: str) -> list[list]:
-    """Rows for one zoo model (untrained: speed does not depend on the weights)."""
+def _once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def stream_with_stats(model, x) -> None:
+    """Diagnostic: the extract stage's compiled pass with health statistics, no file."""
+    layers = default_layers(model, None)
+    for _ in iter_activations(model, x, layers, BATCH, stats=True):
+        pass
+
+
+def bench_model(name: str, compression: bool) -> dict:
+    """Times (seconds) of every tool, for one zoo model (untrained weights)."""
     model = common.keras3_model(name)
-    x = common.inputs_for(model, N)
-    timed = [
-        ("bare model.predict (final output only)", 2, lambda: model.predict(x, BATCH, verbose=0)),
-        ("tutorial: one sub-model per layer (memory)", 1, lambda: per_layer_submodels(model, x)),
-        (
-            "keract-style multi-output sub-model (memory)",
-            2,
-            lambda: multi_output_submodel(model, x),
-        ),
-        ("kerascope extract_activations (memory)", 2, lambda: extract_activations(model, x)),
-    ]
-    times = {tool: (common.best_time(fn, repeat), "–") for tool, repeat, fn in timed}
+    x = common.inputs_for(model, N[name])
+    graph, xla = floor_forward(model, False), floor_forward(model, True)
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for compression in (None, "lzf", "gzip"):
-            path = os.path.join(tmp, f"{compression}.h5")
-            t = common.best_time(lambda p=path, c=compression: kerascope_to_hdf5(model, x, p, c), 2)
-            tool = f"kerascope extract stage -> HDF5, {compression or 'no'} compression"
-            times[tool] = (t, os.path.getsize(path) / 1e6)
-    predict = times["bare model.predict (final output only)"][0]
-    tutorial = times["tutorial: one sub-model per layer (memory)"][0]
-    return [
-        [name, tool, N / t, tutorial / t, predict / t, size] for tool, (t, size) in times.items()
-    ]
+        h5 = os.path.join(tmp, "a.h5")
+        timed = {
+            "floor (memory)": (REPEAT, lambda: floor_memory(graph, model, x)),
+            "floor XLA (memory)": (REPEAT, lambda: floor_memory(xla, model, x)),
+            "kerascope extract_activations (memory)": (
+                REPEAT,
+                lambda: extract_activations(model, x, "all", BATCH),
+            ),
+            "keract-style multi-output predict (memory)": (
+                REPEAT,
+                lambda: multi_output_submodel(model, x),
+            ),
+            "tutorial: one sub-model per layer (memory)": (
+                1,
+                lambda: per_layer_submodels(model, x),
+            ),
+            "bare model.predict (final output only)": (
+                REPEAT,
+                lambda: model.predict(x, BATCH, verbose=0),
+            ),
+            "kerascope forward + health statistics, no file (diagnostic)": (
+                REPEAT,
+                lambda: stream_with_stats(model, x),
+            ),
+            "floor (HDF5)": (REPEAT, lambda: floor_hdf5(graph, model, x, h5)),
+            "floor XLA (HDF5)": (REPEAT, lambda: floor_hdf5(xla, model, x, h5)),
+            "kerascope extract stage -> HDF5 (no compression)": (
+                REPEAT,
+                lambda: kerascope_to_hdf5(model, x, h5),
+            ),
+        }
+        if compression:
+            for kind in ("lzf", "gzip"):
+                timed[f"kerascope extract stage -> HDF5 ({kind})"] = (
+                    1,
+                    lambda k=kind: kerascope_to_hdf5(model, x, h5, k),
+                )
+        # Interleaved rounds after a warm-up: load from other jobs on the machine hits
+        # every tool alike.
+        for fn in (fn for _, fn in timed.values()):
+            fn()
+        results = {tool: [] for tool in timed}
+        for r in range(REPEAT):
+            for tool, (repeat, fn) in timed.items():
+                if r < repeat:
+                    results[tool].append(_once(fn))
+        for tool, t in results.items():
+            print(f"{name} {tool}: {min(t):.3f} s", file=sys.stderr, flush=True)
+    return {"inputs": len(x), "tools": results}
 
 
 def main() -> None:
-    rows = bench_model("mnist_cnn") + bench_model("vgg_small")
-    print(f"Machine: {common.machine()}; {N} inputs, every layer, batch {BATCH}\n")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--memory", action="store_true", help="also measure peak memory")
+    parser.add_argument("--compression", action="store_true", help="also time lzf and gzip")
+    args = parser.parse_args()
+    results = {"batch": BATCH, "models": {}}
+    rows = []
+    for name in N:
+        case = bench_model(name, args.compression)
+        results["models"][name] = case
+        tools = case["tools"]
+        floor_mem = min(min(tools["floor (memory)"]), min(tools["floor XLA (memory)"]))
+        floor_file = min(min(tools["floor (HDF5)"]), min(tools["floor XLA (HDF5)"]))
+        ours_mem = min(tools["kerascope extract_activations (memory)"])
+        ours_file = min(tools["kerascope extract stage -> HDF5 (no compression)"])
+        for tool, t in tools.items():
+            hdf5 = "HDF5" in tool
+            rows.append(
+                [
+                    name,
+                    tool,
+                    common.spread(t),
+                    case["inputs"] / min(t),
+                    min(t) / (floor_file if hdf5 else floor_mem),
+                    (ours_file if hdf5 else ours_mem) / min(t),
+                ]
+            )
+    if args.memory:
+        results["peak_memory"] = []
+        for n in (1000, 10000):
+            peak, size = peak_memory_mb(n)
+            results["peak_memory"].append({"inputs": n, "peak_rss_mb": peak, "file_mb": size})
+    path = common.save("extract", results)
+    print(f"Machine: {common.machine()}; every layer, batch {BATCH}; raw times in {path}\n")
     print(
         common.table(
             [
                 "model",
                 "tool",
+                "best (spread)",
                 "inputs/s",
-                "speed-up vs tutorial loop",
-                "throughput / model.predict",
-                "file MB",
+                "time / best floor (same medium)",
+                "kerascope time / this (same medium)",
             ],
             rows,
         )
     )
-    memory = []
-    for n in (1000, 10000, 30000):
-        peak, size = peak_memory_mb(n)
-        memory.append([n, n * 28 * 28 * 4 / 1e6, peak, size])
-    print("\nmnist_cnn extraction, inputs memory-mapped from disk (a separate process each):\n")
-    print(common.table(["inputs", "input file MB", "peak RSS MB", "HDF5 file MB"], memory))
-    print(
-        "\nPeak RSS includes the input pages read through the memory map (file-backed, "
-        "reclaimable); the rest does not grow with the number of inputs."
-    )
+    if args.memory:
+        print("\nmnist_cnn extraction, inputs memory-mapped from disk (a process each):\n")
+        print(
+            common.table(
+                ["inputs", "peak RSS MB", "HDF5 file MB"],
+                [[m["inputs"], m["peak_rss_mb"], m["file_mb"]] for m in results["peak_memory"]],
+            )
+        )
 
 
 if __name__ == "__main__":

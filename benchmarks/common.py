@@ -1,9 +1,10 @@
-"""Shared helpers for the benchmarks: the machine, timing, peer models, tables.
+"""Shared helpers for the benchmarks: the machine, timing, peer models, tables, results.
 
-Peers run side by side in the same process. tf-keras-vis 0.8.7 needs the Keras 2 API,
-so the `bench` extra installs tf-keras and the benchmarks set TF_USE_LEGACY_KERAS=1
-before TensorFlow is imported: `tf.keras` (used by tf-keras-vis) is then tf-keras, while
-kerascope keeps using Keras 3. Both get the same architecture with the same weights.
+Peers run side by side in the same process, on the same Keras 3 model: tf-keras-vis
+0.8.7 works on Keras 3, and xplique 2.0.2 (installed with ``pip install --no-deps``)
+too. tf-keras-vis is also measured on tf-keras (Keras 2), in a subprocess started with
+``TF_USE_LEGACY_KERAS=1``, on a twin of the model with the same weights
+(:func:`tf_keras_twin`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,19 @@ import os
 import platform
 import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import json  # noqa: E402
+import sys  # noqa: E402
+import types  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+#: Input shape of each benchmark model: the tutorial convnet and a VGG-like net.
+SHAPES = {"mnist_cnn": (28, 28, 1), "vgg_small": (64, 64, 3)}
 
 
 def machine() -> str:
@@ -35,15 +45,56 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, TensorFlow {tf.__version__}, Keras {keras.__version__}"
 
 
-def best_time(fn, repeat: int = 3) -> float:
-    """Best wall time of ``repeat`` calls, after one warm-up call (tracing, caches)."""
+def times(fn, repeat: int = 3) -> list[float]:
+    """Wall times of ``repeat`` calls, after one warm-up call (tracing, caches)."""
     fn()
-    times = []
+    out = []
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def best_time(fn, repeat: int = 3) -> float:
+    """Best wall time of ``repeat`` calls, after one warm-up call (tracing, caches)."""
+    return min(times(fn, repeat))
+
+
+def spread(samples: list[float]) -> str:
+    """``best (+x%)``: the best time and how much slower the slowest repeat was."""
+    best = min(samples)
+    return f"{best:.3g} s (+{100 * (max(samples) / best - 1):.0f}%)"
+
+
+def save(name: str, data: dict) -> Path:
+    """Write raw results (with the machine) to ``benchmarks/results/<name>.json``."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    record = {"machine": machine(), "date": time.strftime("%Y-%m-%d"), **data}
+    path.write_text(json.dumps(record, indent=1))
+    return path
+
+
+def import_xplique():
+    """xplique's attribution module, or None if it is not installed.
+
+    ``pip install --no-deps xplique`` leaves out scikit-image, which xplique imports
+    only for LIME's superpixels; a stub stands in for it (LIME is not benchmarked).
+    """
+    if "skimage" not in sys.modules:
+        try:
+            import skimage  # noqa: F401
+        except ImportError:
+            stub = types.ModuleType("skimage.segmentation")
+            stub.felzenszwalb = stub.quickshift = None
+            sys.modules["skimage"] = types.ModuleType("skimage")
+            sys.modules["skimage.segmentation"] = stub
+    try:
+        import xplique.attributions as attributions
+    except ImportError:
+        return None
+    return attributions
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -63,8 +114,7 @@ def keras3_model(name: str, seed: int = 0):
     from pipeline.models import build_model
 
     keras.utils.set_random_seed(seed)
-    shape = (28, 28, 1) if name == "mnist_cnn" else (32, 32, 3)
-    return build_model(name, shape, 10)
+    return build_model(name, SHAPES[name], 10)
 
 
 def tf_keras_twin(model):
@@ -98,3 +148,27 @@ def inputs_for(model, n: int, seed: int = 0) -> np.ndarray:
     """Random inputs in [0, 1] of the model's shape."""
     shape = tuple(model.inputs[0].shape[1:])
     return np.random.default_rng(seed).random((n, *shape)).astype("float32")
+
+
+def copy_tracked(root: Path) -> None:
+    """Copy this repository's git-tracked (and untracked, not ignored) files to ``root``.
+
+    Tests and benchmarks are left out: a benchmark workspace holds what a user clones.
+    """
+    import shutil
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    files = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in files:
+        src = repo / rel
+        if not src.is_file() or rel.startswith(("tests/", "benchmarks/")):
+            continue
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, root / rel)

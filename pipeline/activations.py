@@ -312,7 +312,7 @@ def extract_activations(
     layers: str | Sequence[str] = "all",
     batch_size: int = 256,
 ) -> dict[str, np.ndarray]:
-    """All activations of the selected layers, concatenated over batches.
+    """All activations of the selected layers, for all inputs.
 
     A convenience for notebooks; for large inputs stream with :func:`iter_activations`.
     Warns (``RuntimeWarning``, naming the layer) when a layer outputs NaN or Inf.
@@ -320,14 +320,24 @@ def extract_activations(
     Returns:
         Layer path -> array of shape (N, ...).
     """
-    parts: dict[str, list[np.ndarray]] = {}
+    n = len(x[0] if isinstance(x, list | tuple) else x)
+    result: dict[str, np.ndarray] = {}
+    suspect: set[str] = set()
     for batch in iter_activations(model, x, layers, batch_size):
         for path, value in batch.activations.items():
-            parts.setdefault(path, []).append(value)
-    result = {path: np.concatenate(values) for path, values in parts.items()}
-    for path, value in result.items():
-        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
-            share = 1.0 - np.isfinite(value).mean()
+            # Each layer's array is allocated once and every batch copied in once
+            # (collecting batches and concatenating them would copy everything twice).
+            if path not in result:
+                result[path] = np.empty((n, *value.shape[1:]), value.dtype)
+            result[path][batch.start : batch.start + len(value)] = value
+            # A sum is NaN/Inf if any value is (or if finite values overflow, which the
+            # exact check below sorts out): one pass, no boolean copy of the batch.
+            if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value.sum()):
+                suspect.add(path)
+    for path in suspect:
+        finite = np.isfinite(result[path])
+        if not finite.all():
+            share = 1.0 - finite.mean()
             warnings.warn(f"layer '{path}' has {share:.2%} NaN/Inf values", RuntimeWarning, 2)
     return result
 
@@ -456,3 +466,29 @@ class ActivationHealth:
                 "units": int(len(acc.unit_max)),
             }
         return report
+
+
+def overall_health(report: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The whole model's dead and saturated shares, weighted by unit count.
+
+    Non-finite values are left out: the stage warns about them loudly and the per-layer
+    health keeps them (two columns in ``dvc exp show`` rather than three).
+
+    Args:
+        report: Per-layer health (:meth:`ActivationHealth.summary`).
+
+    Returns:
+        ``dead_fraction`` and ``saturated_fraction``, shares of all units.
+    """
+    units = np.array([max(1, r.get("units", 1)) for r in report.values()], np.float64)
+    if not len(units):
+        return {"dead_fraction": 0.0, "saturated_fraction": 0.0}
+
+    def weighted(key: str) -> float:
+        values = np.nan_to_num([r.get(key, 0.0) for r in report.values()])
+        return float(np.average(values, weights=units))
+
+    return {
+        "dead_fraction": weighted("dead_fraction"),
+        "saturated_fraction": weighted("saturated_fraction"),
+    }

@@ -347,8 +347,10 @@ class Stage:
     so an interrupted stage leaves its previous outputs or none.
     """
 
-    def __init__(self, configure: Callable[[dict], T], run: Callable[[T], Any]) -> None:
-        self.configure, self.run = configure, run
+    def __init__(
+        self, configure: Callable[[dict], T], run: Callable[[T], Any], tensorflow: bool = True
+    ) -> None:
+        self.configure, self.run, self.tensorflow = configure, run, tensorflow
         spec = run.__globals__.get("__spec__")
         self.name = (spec.name if spec else run.__module__).rsplit(".", 1)[-1]
 
@@ -362,7 +364,8 @@ class Stage:
         try:
             params = load_params(sys.argv[1:])
             job = self.configure(params)
-            quiet_tensorflow_import()
+            if self.tensorflow:
+                quiet_tensorflow_import()
             self.run(job)
         except KerascopeError as exc:
             print(f"error: {stage}: {exc}", file=sys.stderr)
@@ -396,13 +399,19 @@ class Stage:
             sys.exit(2)
 
 
-def run_stage(configure: Callable[[dict], T], run: Callable[[T], Any], module: str = "") -> Stage:
+def run_stage(
+    configure: Callable[[dict], T],
+    run: Callable[[T], Any],
+    module: str = "",
+    tensorflow: bool = True,
+) -> Stage:
     """The :class:`Stage` of a module's ``configure`` and ``run``.
 
     Pass the module's ``__name__``: under ``python -m pipeline.stages.<name>`` (where it
-    is ``"__main__"``) the stage runs at once.
+    is ``"__main__"``) the stage runs at once. ``tensorflow=False`` for a stage that never
+    touches a tensor (render): it skips the six-second TensorFlow import.
     """
-    stage = Stage(configure, run)
+    stage = Stage(configure, run, tensorflow)
     if module == "__main__":
         stage()
     return stage

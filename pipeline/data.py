@@ -314,13 +314,19 @@ def check_labels(
 
 
 def load_npz(
-    path: str | Path, x_key: str = "x", y_key: str | None = "y", class_names=None
+    path: str | Path,
+    x_key: str = "x",
+    y_key: str | None = "y",
+    class_names=None,
+    tokens: bool = False,
 ) -> RawData:
     """The user's own arrays from an ``.npz`` file.
 
     Float inputs are used as given (cast to float32); integer images are scaled to
-    [0, 1] by :func:`integer_scale`. ``y_key`` None means unlabeled (all -1). Labels go
-    through :func:`check_labels`. Pickled (object) arrays are never loaded.
+    [0, 1] by :func:`integer_scale`, unless ``tokens`` (token ids for a text model: kept
+    as they are, exactly representable in float32 below 2**24). ``y_key`` None means
+    unlabeled (all -1). Labels go through :func:`check_labels`. Pickled (object) arrays
+    are never loaded.
 
     Raises:
         KerascopeError: Missing or unreadable file, a ``.npy`` file, a missing key,
@@ -373,7 +379,7 @@ def load_npz(
         )
     if not np.issubdtype(x.dtype, np.number) and x.dtype != bool:
         raise KerascopeError(f"array '{x_key}' in '{path}' has dtype {x.dtype}; expected numbers")
-    if np.issubdtype(x.dtype, np.integer):
+    if np.issubdtype(x.dtype, np.integer) and not tokens:
         x = x.astype(np.float32) / integer_scale(x)
     x = x.astype(np.float32)
     if y is None:
@@ -666,6 +672,7 @@ class DataOptions:
         color_mode: ``rgb`` or ``grayscale`` for folder images.
         skip_bad: Skip (and list) unreadable images instead of stopping.
         allow_download: Let ``keras.datasets`` download a missing data set.
+        tokens: The ``.npz`` inputs are token ids (a text model): not scaled to [0, 1].
     """
 
     name: str = "mnist_sample"
@@ -681,6 +688,7 @@ class DataOptions:
     color_mode: str = "rgb"
     skip_bad: bool = False
     allow_download: bool = True
+    tokens: bool = False
 
     def check(self, prefix: str = "data") -> None:
         """Raise a one-line error for an invalid value."""
@@ -729,6 +737,7 @@ def load_source(name: str, options: dict) -> RawData:
             options.get("x_key", "x"),
             options.get("y_key"),
             options.get("class_names"),
+            options.get("tokens", False),
         )
     if name == "image_folder":
         return load_image_folder(

@@ -34,14 +34,16 @@ def make_strategy(name: str = "auto") -> tf.distribute.Strategy:
         raise KerascopeError(f"unknown strategy '{name}'; {choices_hint(name, STRATEGIES)}")
     import tensorflow as tf
 
+    if name == "multi_worker":
+        # Before anything else touches the runtime (listing devices starts it): collective
+        # ops can only be configured at start-up.
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         return tf.distribute.MirroredStrategy() if len(gpus) > 1 else tf.distribute.get_strategy()
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if name == "one_device":
-        return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
-    return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.OneDeviceStrategy("/gpu:0" if gpus else "/cpu:0")
 
 
 def per_replica_batch(global_batch: int, strategy: tf.distribute.Strategy) -> int:
@@ -152,6 +154,10 @@ def run_distributed(fn, batch, strategy: tf.distribute.Strategy | None = None):
 
     def gather(per_replica):
         parts = strategy.experimental_local_results(per_replica)
+        if len(parts) < replicas:
+            # Several workers (multi_worker): this one holds only its own replicas'
+            # chunks, so every worker gathers all of them, in replica order.
+            parts = [strategy.gather(per_replica, axis=0)]
         # Padding examples (see split_for_replicas) come last: drop them.
         return np.concatenate([p.numpy() for p in parts], axis=0)[:real]
 

@@ -84,6 +84,61 @@ def graph_of(model: keras.Model):
     return None
 
 
+def functional_of(model: keras.Model, input_shape: Sequence[int] | None = None) -> keras.Model:
+    """A subclassed model as a Functional model over the same layers and variables.
+
+    A ``keras.Model`` subclass with a custom ``call`` has no graph to walk (tf-explain
+    issue 55). Its ``call`` is traced once on a ``keras.Input``: where it uses Keras
+    layers and ``keras.ops`` only, every layer it calls becomes a node of the new graph,
+    addressable by its name (layer-level methods work). Where the trace fails (TensorFlow
+    ops or Python branches on values), the model becomes one opaque layer: methods that
+    need only ``model(x)`` work, and layer-level ones refuse in one line. Functional and
+    Sequential models are returned as they are.
+
+    Args:
+        model: A model; a subclassed one must be built (called once, or loaded from a
+            ``.keras`` file that recorded its input shape) unless ``input_shape`` is given.
+        input_shape: Its input shape without the batch axis, if it was never built.
+
+    Raises:
+        KerascopeError: A subclassed model whose input shape is unknown.
+    """
+    if not isinstance(model, keras.Model) or isinstance(model, keras.Sequential):
+        return model
+    if graph_of(model) is not None:
+        return model
+    if input_shape is None:
+        built = (model.get_build_config() or {}).get("input_shape") if model.built else None
+        if not built or not isinstance(built[0], int | type(None)):
+            raise KerascopeError(
+                f"subclassed model '{model.name}' was never built, so its input shape is "
+                "unknown; call it once on a batch (or model.build(shape)) before saving"
+            )
+        input_shape = tuple(built[1:])
+    inputs = keras.Input(tuple(input_shape), name="input")
+    try:
+        outputs = model.call(inputs)  # the layers inside call() become graph nodes
+        traced = keras.Model(inputs, outputs, name=model.name)
+        traced.kerascope_subclassed = "traced"
+        return traced
+    except Exception:  # noqa: BLE001 - any tracing failure falls back to one opaque layer
+        opaque = keras.Model(inputs, model(inputs), name=f"{model.name}_wrapper")
+        opaque.kerascope_subclassed = "opaque"
+        return opaque
+
+
+def _opaque_models(model: keras.Model) -> list[str]:
+    """Names of subclassed models inside ``model``'s graph that kerascope cannot open."""
+    graph = graph_of(model)
+    if graph is None:
+        return [model.name]
+    return [
+        node.operation.name
+        for node in ordered_nodes(graph)
+        if isinstance(node.operation, keras.Model) and graph_of(node.operation) is None
+    ]
+
+
 def ordered_nodes(graph) -> list:
     """The graph's computing nodes in execution order (deepest first, as Keras runs them)."""
     nodes = []
@@ -226,6 +281,13 @@ def _spatial_layers(model: keras.Model) -> list[LayerInfo]:
         and not isinstance(i.layer, keras.Model)
         and not i.class_name.startswith(_NOT_FEATURES)
     ]
+    opaque = _opaque_models(model)
+    if not spatial and opaque:
+        raise KerascopeError(
+            f"the layers of subclassed model '{opaque[0]}' are out of reach (its call() "
+            "uses non-Keras ops); build it with Keras layers and keras.ops only, or as a "
+            "Functional model, for CAMs; gradient and black-box methods work as they are"
+        )
     if not spatial:
         raise KerascopeError(
             f"model '{model.name}' has no layer with a spatial or time axis; class "
@@ -435,6 +497,11 @@ class LayerForward:
         if graph is None:
             return
         output_ids = {id(t) for t in graph.outputs}
+        for node in reversed(ordered_nodes(graph)):  # a score head passes the logits on
+            if getattr(node.operation, "score_head", False) and any(
+                id(t) in output_ids for t in node.outputs
+            ):
+                output_ids.update(id(t) for t in node.input_tensors)
         for node in ordered_nodes(graph):
             if not any(id(t) in output_ids for t in node.outputs):
                 continue
@@ -528,9 +595,23 @@ class LayerForward:
 
 
 def class_count(model: keras.Model) -> int:
-    """How many classes the model tells apart: its output units (2 for a one-unit head)."""
+    """How many classes the model tells apart: its output units (2 for a one-unit head).
+
+    A model ending in a score head (:mod:`pipeline.attribution.heads`) has one score.
+    """
     units = int(model.outputs[0].shape[-1] or 1) if model.outputs else 1
+    if units == 1 and score_head(model) is not None:
+        return 1
     return 2 if units == 1 else units
+
+
+def score_head(model: keras.Model):
+    """The score head that makes ``model``'s (first) output, or None."""
+    graph = graph_of(model)
+    if graph is None or not graph.outputs:
+        return None
+    op = getattr(getattr(graph.outputs[0], "_keras_history", None), "operation", None)
+    return op if getattr(op, "score_head", False) else None
 
 
 def output_activation(model: keras.Model) -> str:

@@ -565,7 +565,8 @@ def load_model_file(
             file names.
 
     Returns:
-        The loaded model (a SavedModel is wrapped as an inference-only layer).
+        The loaded model (a SavedModel is wrapped as an inference-only layer; a
+        subclassed model becomes a Functional one, see :func:`pipeline.graph.functional_of`).
 
     Raises:
         KerascopeError: Missing, truncated or not a model, or code that safe mode or the
@@ -606,6 +607,9 @@ def load_model_file(
     if needed is not None and (safe_mode or needed[0] != "lambda"):
         raise _refuse_code(path, needed, safe_mode)
     model = _load_keras_file(path, safe_mode, config)
+    from pipeline.graph import functional_of
+
+    model = functional_of(model)  # a subclassed model: its call() traced into a graph
     renamed = rename_invalid_layers(model)
     _RENAMED[model] = renamed
     if renamed:

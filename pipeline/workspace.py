@@ -45,20 +45,22 @@ PATH_KINDS = {
     "activations": "activations",
     "attributions": "attributions",
     "maximization": "maximization",
+    "concepts": "concepts",
     "metrics": "metrics",
     "report": "report",
 }
 #: What each stage writes: configured outputs, and files inside ``paths.metrics``.
 STAGE_OUTPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "data": (("dataset",), ()),
-    "train": (("model", "evaluation", "live"), ()),
-    "extract": (("activations",), ("extract.json",)),
+    "train": (("model", "evaluation", "live"), ("train.json",)),
+    "extract": (("activations",), ("extract.json", "layer_health.json")),
     "attribute": (("attributions",), ("attribute.json",)),
     "maximize": (("maximization",), ("maximize.json",)),
+    "concepts": (("concepts",), ("concepts.json",)),
     "render": (("report",), ()),
 }
 #: Kinds written as HDF5 files whose ``kerascope_format`` attribute names the kind.
-HDF5_KINDS = ("dataset", "evaluation", "activations", "attributions", "maximization")
+HDF5_KINDS = ("dataset", "evaluation", "activations", "attributions", "maximization", "concepts")
 #: Kinds written as whole directories carrying :data:`MARKER`.
 DIRECTORY_KINDS = ("live", "report", "compare")
 #: Marker file inside every directory kerascope creates as an output.

@@ -15,7 +15,7 @@ from conftest import REPO
 
 from pipeline.errors import KerascopeError
 
-KINDS = ("dataset", "evaluation", "activations", "attributions", "maximization")
+KINDS = ("dataset", "evaluation", "activations", "attributions", "maximization", "concepts")
 RNG = np.random.default_rng(0)
 
 
@@ -216,6 +216,11 @@ def test_attributions_round_trip(tmp_path):
         substrate="blur",
         sanity={"gradcam": Sanity(["out", "conv"], np.array([0.9, 0.1]))},
         sanity_threshold=0.4,
+        metrics={
+            "gradcam": {"mu_fidelity": RNG.random(n), "complexity": RNG.random(n)},
+            "random": {"mu_fidelity": RNG.random(n)},
+        },
+        metric_options={"grid": 4},
         provenance={"model_hash": "m", "data_hash": "d", "source": "probe"},
     )
     path = tmp_path / "attributions.h5"
@@ -231,6 +236,10 @@ def test_attributions_round_trip(tmp_path):
     assert read.faithfulness["random"].insertion_auc == 0.8
     assert read.sanity["gradcam"].layers == ["out", "conv"] and read.sanity_threshold == 0.4
     assert read.provenance["data_hash"] == "d" and read.n_inputs == n
+    assert list(read.metrics) == ["gradcam", "random"] and read.metric_options == {"grid": 4}
+    np.testing.assert_array_equal(
+        read.metrics["gradcam"]["complexity"], written.metrics["gradcam"]["complexity"]
+    )
     limited = read_attributions(path, count=2)
     assert limited.methods["gradcam"].maps.shape == (2, 5, 5) and limited.n_inputs == n
     _check_documented("attributions", path)
@@ -279,6 +288,7 @@ def test_readers_refuse_another_version(tmp_path, kind):
         "activations": lambda p: module.open_activations(p).__enter__(),
         "attributions": getattr(module, "read_attributions", None),
         "maximization": getattr(module, "read_maximization", None),
+        "concepts": getattr(module, "read_concepts", None),
     }[kind]
     with pytest.raises(KerascopeError, match=f"expected {module.KIND}/{module.VERSION}"):
         reader(path)

@@ -27,7 +27,7 @@ def test_conf_has_no_interpolation():
 
 
 @pytest.mark.parametrize(
-    "group", ["data", "model", "train", "extract", "attribute", "maximize", "render"]
+    "group", ["data", "model", "train", "extract", "attribute", "maximize", "concepts", "render"]
 )
 def test_every_group_option_composes(group):
     for option in sorted((REPO / "conf" / group).glob("*.yaml")):

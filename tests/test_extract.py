@@ -173,8 +173,8 @@ def test_stage_writes_the_documented_layout(tmp_path, monkeypatch):
         assert list(conv.attrs["output_shape"]) == [6, 6, 3]
         sub = keras.Model(model.inputs, model.get_layer("conv").output)
         np.testing.assert_allclose(conv[()], sub.predict(x, verbose=0), atol=1e-5)
-    metrics = json.loads((tmp_path / "outputs" / "metrics" / "extract.json").read_text())
-    assert set(metrics["layers"]) == {"conv", "flat", "out"}
+    health = json.loads((tmp_path / "outputs" / "metrics" / "layer_health.json").read_text())
+    assert set(health["layers"]) == {"conv", "flat", "out"}
 
 
 def test_stage_selection_by_indices_and_type(tmp_path):
@@ -229,3 +229,4 @@ def test_killed_extraction_leaves_no_final_file(tmp_path):
     proc.wait()
     assert not (out_dir / "activations.h5").exists()
     assert not (out_dir / "metrics" / "extract.json").exists()
+    assert not (out_dir / "metrics" / "layer_health.json").exists()

@@ -92,7 +92,9 @@ def test_stage_health_metrics_match_numpy(tmp_path):
     params, _, _ = write_tiny_project(tmp_path, n=37, model=model)  # 37: a ragged last batch
     params["extract"] = {"batch_size": 8}
     _main(params)
-    metrics = json.loads((tmp_path / "outputs" / "metrics" / "extract.json").read_text())
+    metrics = json.loads((tmp_path / "outputs" / "metrics" / "layer_health.json").read_text())
+    overall = json.loads((tmp_path / "outputs" / "metrics" / "extract.json").read_text())
+    dead_units = total_units = 0
     with h5py.File(params["paths"]["activations"]) as f:
         for path in ("conv", "flat", "t", "out"):
             a = f[f"activations/{path}"][()].astype(np.float64)
@@ -102,7 +104,12 @@ def test_stage_health_metrics_match_numpy(tmp_path):
             assert m["std"] == pytest.approx(units.std(), rel=1e-3, abs=1e-6)
             assert m["dead_fraction"] == pytest.approx((units.max(axis=0) <= 0).mean())
             assert m["nonfinite_fraction"] == 0.0
+            dead_units += int((units.max(axis=0) <= 0).sum())
+            total_units += units.shape[1]
     assert metrics["layers"]["conv"]["dead_fraction"] == pytest.approx(3 / 8)
+    # The headline metric: dead units over all units of every layer (unit-weighted).
+    assert set(overall) == {"dead_fraction", "saturated_fraction"}
+    assert overall["dead_fraction"] == pytest.approx(dead_units / total_units)
     assert metrics["layers"]["t"]["saturated_fraction"] == pytest.approx(2 / 6)
 
 
@@ -126,7 +133,7 @@ def test_stage_nan_is_loud_and_can_fail(tmp_path, capsys):
     _main(params)
     err = capsys.readouterr().err
     assert "WARNING: extract: layer 'd' has 33.33% NaN/Inf values" in err
-    metrics = json.loads((tmp_path / "outputs" / "metrics" / "extract.json").read_text())
+    metrics = json.loads((tmp_path / "outputs" / "metrics" / "layer_health.json").read_text())
     assert metrics["layers"]["d"]["nonfinite_fraction"] == pytest.approx(1 / 3)
     assert metrics["layers"]["flat"]["nonfinite_fraction"] == 0.0
     with h5py.File(params["paths"]["activations"]) as f:

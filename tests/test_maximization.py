@@ -170,7 +170,10 @@ def test_stage_layout_reach_and_errors(tmp_path):
         assert f["out"].attrs["objective"] == "class_logit"
         np.testing.assert_array_equal(f["out/units"][()], [0, 3])
     metrics = json.loads((tmp_path / "outputs" / "metrics" / "maximize.json").read_text())
-    assert set(metrics) == {"conv", "out"}
+    with h5py.File(params["paths"]["maximization"]) as f:
+        ratios = np.concatenate([f["conv/reach_ratio"][()], f["out/reach_ratio"][()]])
+    finite = ratios[np.isfinite(ratios)]
+    assert metrics == {"mean_reach_ratio": pytest.approx(float(finite.mean()))}
     for bad, fragment in (
         ([{"layer": "cnv"}], "did you mean 'conv'"),
         ([{"layer": "conv", "units": [7]}], "unit 7 is out of range for layer 'conv'; valid: 0..2"),

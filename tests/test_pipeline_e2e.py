@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import h5py
 import numpy as np
@@ -33,6 +34,34 @@ def test_dvc_repro_then_noop_then_experiment(shrunk_repo):
 
     second = run(["dvc", "repro"], repo)
     assert "Running stage" not in second.stdout, second.stdout
+
+    # The report opens with its findings and has every section, concepts included.
+    page = (repo / "outputs" / "report" / "index.html").read_text()
+    order = ["Summary", "Attributions", "Training", "Layers", "Feature visualization"]
+    order += ["Concepts and representations", "Model", "Provenance"]
+    positions = [page.index(f"<h2>{title}</h2>") for title in order]
+    assert positions == sorted(positions)
+    assert "Test accuracy" in page and "Representation similarity (CKA)" in page
+
+    # `dvc plots show` works offline: the page draws its charts with the vega bundle the
+    # render stage wrote, requests nothing remote, and its directory is git-ignored.
+    run(offline(["dvc", "plots", "show"]), repo)
+    page = repo / "dvc_plots" / "index.html"
+    assert "cdn.jsdelivr" not in page.read_text()
+    assert run(["git", "check-ignore", "dvc_plots/index.html"], repo).returncode == 0
+    from browser import chrome, remote_requests, severe_console_messages
+
+    with chrome(repo.parent / "chrome-profile") as driver:
+        driver.get(page.as_uri())
+        deadline = time.time() + 30
+        charts = 0
+        while time.time() < deadline and not charts:
+            charts = driver.execute_script(
+                "return document.querySelectorAll('canvas, svg.marks').length"
+            )
+            time.sleep(0.2)
+        assert charts >= 4  # loss and accuracy, train and validation
+        assert not remote_requests(driver) and not severe_console_messages(driver)
 
     # A later stage's setting does not invalidate training.
     params = yaml.safe_load((repo / "params.yaml").read_text())

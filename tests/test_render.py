@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -21,15 +19,6 @@ EVIL = "<img src=x onerror=alert(1)>"
 
 def _image_axes(figure):
     return [ax for ax in figure.axes if ax.images]
-
-
-def test_feature_map_grid_has_one_tile_per_channel():
-    maps = np.random.default_rng(0).random((6, 6, 64))
-    figure = fig_lib.feature_maps(maps, "layer", scale="shared")
-    assert len(_image_axes(figure)) == 64 + 0  # the colorbar axis holds no image
-    limited = fig_lib.feature_maps(maps, "layer", scale="per_channel", max_channels=10)
-    assert len(_image_axes(limited)) == 10
-    assert "first 10 of 64" in limited._suptitle.get_text()
 
 
 def test_attribution_grid_and_maximization_grid_tile_counts():
@@ -134,16 +123,17 @@ def test_report_has_every_section_figure_and_escapes_names(tmp_path):
     report = Path(params["paths"]["report"])
     page = (report / "index.html").read_text()
     for section in (
-        "Model",
-        "Training",
-        "Activations",
+        "Summary",
         "Attributions",
+        "Training",
+        "Layers",
         "Feature visualization",
-        "Metrics",
+        "Model",
         "Provenance",
     ):
         assert f"<h2>{section}</h2>" in page
-    assert EVIL not in page and "<script>" not in page
+    assert EVIL not in page and "<script>alert" not in page
+    assert page.count("<script") == 1  # the report's own table sorter
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     figures = sorted((report / "figures").glob("*.png"))
     names = {p.name for p in figures}
@@ -155,7 +145,7 @@ def test_report_has_every_section_figure_and_escapes_names(tmp_path):
         "faithfulness.png",
         "sanity.png",
         "architecture.png",
-        "model_summary.png",
+        "layer_health.png",
     ):
         assert expected in names
     assert len(list((report / "figures").glob("*.svg"))) == len(figures)
@@ -192,26 +182,18 @@ def test_truncated_upstream_file_is_a_one_line_error(tmp_path):
     assert not Path(params["paths"]["report"]).exists()
 
 
-def _chromium():
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        path = shutil.which(name)
-        if path:
-            return path
-    return None
-
-
 @pytest.mark.slow
 def test_report_in_a_real_headless_browser(tmp_path, record_property):
-    chromium, driver_path = _chromium(), shutil.which("chromedriver")
-    if not (chromium and driver_path):
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("chromium and chromedriver are required in CI (.ci/run installs them)")
-        pytest.skip(
-            "chromium/chromedriver not installed: apt-get install chromium chromium-driver "
-            "(this test fails instead of skipping when CI=true)"
-        )
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from browser import (
+        blank_bands,
+        chrome,
+        full_page_screenshot,
+        loaded_bytes,
+        open_everything_and_wait,
+        remote_requests,
+        severe_console_messages,
+        unpainted_images,
+    )
 
     from pipeline.stages.render import _main as render
 
@@ -220,35 +202,31 @@ def test_report_in_a_real_headless_browser(tmp_path, record_property):
     _poison(params)
     render(params)
     index = Path(params["paths"]["report"]) / "index.html"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chrome-profile'}",
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)
-    try:
+    with chrome(tmp_path / "chrome-profile") as driver:
         started = time.perf_counter()
         driver.get(index.as_uri())
         load_seconds = time.perf_counter() - started
-        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-        assert not severe, severe
-        images = driver.execute_script(
-            "return Array.from(document.images)"
-            ".map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
+        assert not severe_console_messages(driver)
+        # Findings first: the summary is the first section, with a link per finding.
+        first = driver.execute_script("return document.querySelector('main section').id")
+        assert first == "summary"
+        findings = driver.execute_script(
+            "return Array.from(document.querySelectorAll('ul.findings li'))"
+            ".map(li => [li.className, li.textContent])"
         )
-        assert len(images) > 10
-        broken = [src for src, complete, width in images if not complete or width == 0]
-        assert not broken, broken
+        assert any("accuracy" in text for _, text in findings), findings
+        assert any("sanity" in text.lower() for _, text in findings), findings
+        # Every image is lazy; the layer groups are native <details>.
+        lazy = driver.execute_script("return Array.from(document.images).map(i => i.loading)")
+        assert lazy and set(lazy) == {"lazy"}
+        assert driver.execute_script("return document.querySelectorAll('details').length") >= 3
+        # The health table sorts when a header is clicked (the report's own script).
+        column = driver.execute_script(
+            "const t = document.querySelector('#layers table.sortable');"
+            "t.querySelectorAll('th')[0].click(); t.querySelectorAll('th')[0].click();"
+            "return Array.from(t.tBodies[0].rows).map(r => r.cells[0].textContent)"
+        )
+        assert column == sorted(column, reverse=True) and len(column) >= 3
         links = driver.execute_script(
             "return Array.from(document.querySelectorAll('nav a')).map(a => a.getAttribute('href'))"
         )
@@ -263,19 +241,27 @@ def test_report_in_a_real_headless_browser(tmp_path, record_property):
         driver.execute_script("document.querySelector('nav a[href=\"#attributions\"]').click()")
         assert driver.execute_script("return location.hash") == "#attributions"
         assert not driver.execute_script("return window.__xss === true")
-        size = sum(p.stat().st_size for p in index.parent.rglob("*") if p.is_file())
-        timing = driver.execute_script(
-            "const t = performance.getEntriesByType('navigation')[0];"
-            "return [t.domContentLoadedEventEnd, t.loadEventEnd]"
+        first_screen = loaded_bytes(driver, index.parent)
+        open_everything_and_wait(driver)
+        images = driver.execute_script(
+            "return Array.from(document.images)"
+            ".map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
         )
+        assert len(images) > 10
+        broken = [src for src, complete, width in images if not complete or width == 0]
+        assert not broken, broken
+        assert not remote_requests(driver)
+        assert not severe_console_messages(driver)
+        screenshot = full_page_screenshot(driver)
+        assert not blank_bands(screenshot)
+        assert not unpainted_images(driver, screenshot)
+        size = sum(p.stat().st_size for p in index.parent.rglob("*") if p.is_file())
         record_property("report_bytes", size)
         record_property("report_images", len(images))
         record_property("report_load_seconds", round(load_seconds, 3))
         print(
             f"report with 64-channel layers and 100 probe inputs: {len(images)} images, "
-            f"{size / 1e6:.2f} MB, driver.get {load_seconds:.2f} s, browser load event at "
-            f"{timing[1] / 1000:.2f} s (DOMContentLoaded {timing[0] / 1000:.2f} s)"
+            f"{size / 1e6:.2f} MB, first screen {first_screen / 1e6:.2f} MB, driver.get "
+            f"{load_seconds:.2f} s, page {screenshot.shape[0]} px tall"
         )
         assert load_seconds < 20
-    finally:
-        driver.quit()

@@ -54,7 +54,9 @@ def _all_figures():
     maps = {"saliency": RNG.random((n, 8, 8)), "gradcam": RNG.random((n, 8, 8))}
     curves = {m: (RNG.random((n, 5)), RNG.random((n, 5))) for m in ("saliency", "random")}
     return {
-        "summary_table": fig_lib.summary_table([("conv", "Conv2D", "(6, 6, 3)", 30)]),
+        "health_strip": fig_lib.health_strip(
+            ["a", "b", "c"], [0.1, 0.0, 0.6], [0.0, 0.3, 0.0], [("a", 0)]
+        ),
         "architecture": fig_lib.architecture_diagram(
             [("a", "Conv2D", "(6,6,3)"), ("b", "Dense", "(4,)")]
         ),
@@ -83,14 +85,27 @@ def test_every_figure_is_drawn_and_not_blank():
 
 
 def test_tile_counts():
-    # 64 channels: 64 image tiles (the colorbar holds no image), 8 columns.
-    grid = fig_lib.feature_maps(RNG.random((6, 6, 64)), "conv64")
-    tiles = _image_axes(grid)
-    assert len(tiles) == 64
-    assert len({round(ax.get_position().x0, 3) for ax in tiles}) == 8
+    # 64 channels: one mosaic image of 8 x 8 tiles; each tile is its channel, unchanged
+    # under the shared scale, and the gaps are blank (NaN).
+    maps = RNG.random((6, 6, 64))
+    grid = fig_lib.feature_maps(maps, "conv64")
+    (image,) = _image_axes(grid)[0].images
+    mosaic = np.ma.filled(image.get_array(), np.nan)
+    gap = 1
+    for channel in (0, 9, 63):
+        r, c = divmod(channel, 8)
+        tile = mosaic[r * (6 + gap) : r * (6 + gap) + 6, c * (6 + gap) : c * (6 + gap) + 6]
+        np.testing.assert_array_equal(tile, maps[..., channel])
+    assert mosaic.shape == (8 * 6 + 7 * gap, 8 * 6 + 7 * gap)
+    assert np.isnan(mosaic[6, :]).all() and np.isnan(mosaic[:, 6]).all()
     assert "shared scale" in grid._suptitle.get_text()
-    per_channel = fig_lib.feature_maps(RNG.random((6, 6, 64)), "c", "gray", "per_channel", 10)
-    assert len(_image_axes(per_channel)) == 10
+    # Per channel: 10 tiles (4 columns: ceil(sqrt(10))), each stretched to [0, 1].
+    per_channel = fig_lib.feature_maps(maps, "c", "gray", "per_channel", 10)
+    tiles = np.ma.filled(_image_axes(per_channel)[0].images[0].get_array(), np.nan)
+    first = tiles[:6, :6]
+    expected = (maps[..., 0] - maps[..., 0].min()) / np.ptp(maps[..., 0])
+    np.testing.assert_allclose(first, expected)
+    assert tiles.shape == (3 * 6 + 2 * gap, 4 * 6 + 3 * gap)
     assert "first 10 of 64 channels" in per_channel._suptitle.get_text()
     assert "own range" in per_channel._suptitle.get_text()
     inputs = RNG.random((3, 8, 8, 1))
@@ -184,8 +199,26 @@ def test_html_builder_escapes_every_string(name):
     sec.pre(name)
     page = build_html(name, name, [sec])
     assert name not in page
-    for raw in ("<script", "<svg", "<img src=x"):
+    for raw in ("<svg", "<img src=x"):
         assert raw not in page
+    # The only script is the report's own table sorter.
+    assert page.count("<script") == 1 and "alert(" not in page.split("<script>")[1]
     assert page.count(esc(name)) >= 7
     # Anchors are restricted to [A-Za-z0-9_-], so TOC targets are always valid ids.
     assert anchor("layer", name).replace("-", "").replace("_", "").isalnum()
+
+
+def test_dense_figure_of_a_nearly_constant_layer():
+    """An untrained BatchNorm can output one value up to float32 rounding: still drawn."""
+    acts = np.full((5, 20), 0.1234567, np.float32)
+    acts[0, 0] = np.nextafter(np.float32(0.1234567), np.float32(1))
+    figure = fig_lib.dense_activations(acts, "bn", np.zeros(20, bool), np.zeros(20, bool), 2)
+    histogram = next(ax for ax in figure.axes if ax.get_xlabel().startswith("activation value"))
+    counts = [patch.get_height() for patch in histogram.patches]
+    assert sum(counts) == acts.size  # every value in the histogram, none lost
+    # Per-unit means one float32 step apart (numpy cannot bin that range): still drawn.
+    steps = np.ones((5, 20), np.float32)
+    steps[:, 0] = np.nextafter(np.float32(1), np.float32(2))
+    figure = fig_lib.dense_activations(steps, "bn", np.zeros(20, bool), np.zeros(20, bool), 2)
+    per_unit = next(ax for ax in figure.axes if ax.get_legend() is not None)
+    assert sum(p.get_height() for p in per_unit.patches) == 20  # every unit counted

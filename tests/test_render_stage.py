@@ -91,7 +91,18 @@ def synthetic_project(root: Path, n: int = 10, channels: int = 5) -> dict:
         dense[:, :3] = 0  # three dead units
         _layer(f, "base/dense", dense, "Dense", 1)
         _layer(f, "lstm", RNG.normal(size=(n, 7, 4)).astype("float32"), "LSTM", 2, "tanh")
-        f.attrs["health"] = json.dumps({"conv": {"dead_fraction": 0.0}})
+        # A normalisation layer: a row of the health table, drawn only with layers=all.
+        _layer(f, "bn", RNG.normal(size=(n, 7, 4)).astype("float32"), "BatchNormalization", 3)
+        _layer(f, "out", RNG.normal(size=(n, 4)).astype("float32"), "Dense", 4)
+        f.attrs["health"] = json.dumps(
+            {
+                "conv": {"dead_fraction": 0.0, "saturated_fraction": 0.0, "units": 5},
+                "base/dense": {"dead_fraction": 3 / 70, "saturated_fraction": 0.0, "units": 70},
+                "lstm": {"dead_fraction": 0.0, "saturated_fraction": 0.75, "units": 4},
+                "bn": {"dead_fraction": 0.0, "saturated_fraction": 0.0, "units": 4},
+                "out": {"dead_fraction": 0.0, "saturated_fraction": 1.0, "units": 4},
+            }
+        )
     with h5py.File(paths["attributions"], "w") as f:
         write_attrs(f, provenance_attrs("attributions", 1))
         write_attrs(f, {**hashes, "class_names": CLASSES, "methods": METHODS})
@@ -124,7 +135,7 @@ def synthetic_project(root: Path, n: int = 10, channels: int = 5) -> dict:
     metrics.mkdir(parents=True, exist_ok=True)
     (metrics / "extract.json").write_text(json.dumps({"layers": {"conv": {"mean": 0.5}}}))
     (metrics / "attribute.json").write_text(json.dumps({"saliency": {"deletion_auc": 0.25}}))
-    (metrics / "maximize.json").write_text(json.dumps({"conv": {"mean_reach_ratio": 1.0}}))
+    (metrics / "maximize.json").write_text(json.dumps({"mean_reach_ratio": 1.0}))
     params["render"] = {"max_inputs": 2, "dpi": 50}
     return params
 
@@ -142,8 +153,8 @@ def test_every_section_and_figure_from_the_documented_layouts(tmp_path):
     report, page = _render(params)
     names = sorted(p.name for p in (report / "figures").iterdir())
     expected = {
-        "model_summary.png",
         "architecture.png",
+        "layer_health.png",
         "training_curves.png",
         "confusion_matrix.png",
         "prediction_grid.png",
@@ -157,6 +168,8 @@ def test_every_section_and_figure_from_the_documented_layouts(tmp_path):
         # recurrent: lines + heatmap per shown input.
         "act_lstm_0.png",
         "act_lstm_1.png",
+        # the model's output (a Dense layer, inspected)
+        "act_out.png",
         "attributions.png",
         "faithfulness.png",
         "sanity.png",
@@ -164,17 +177,25 @@ def test_every_section_and_figure_from_the_documented_layouts(tmp_path):
         "max_out.png",
     }
     assert set(names) == expected
-    for section in ("Model", "Training", "Activations", "Attributions", "Feature visualization"):
-        assert f"<h2>{section}</h2>" in page
-    assert "<h2>Metrics</h2>" in page and "<h2>Provenance</h2>" in page
-    # Layer names are anchors, and the TOC links to them.
-    for layer in ("conv", "base-dense", "lstm"):
-        assert f'id="layer-{layer}"' in page and f'href="#layer-{layer}"' in page
+    sections = ["Summary", "Attributions", "Training", "Layers", "Feature visualization"]
+    sections += ["Model", "Provenance"]
+    positions = [page.index(f"<h2>{section}</h2>") for section in sections]
+    assert positions == sorted(positions)  # findings first, attributions before layers
+    # Layer names are anchors inside their block's <details>; BatchNorm is only a row.
+    for layer in ("conv", "base-dense", "lstm", "out"):
+        assert f'id="layer-{layer}"' in page
+    assert 'id="layer-bn"' not in page and "<td>bn</td>" in page
+    assert '<details id="group-base"' in page  # the nested model is a group
+    # The summary: the lstm (75% saturated) is flagged; the saturated softmax output is
+    # not (a confident classifier's output sits at its bounds by design).
+    summary = page[page.index("<h2>Summary</h2>") : page.index("<h2>Attributions</h2>")]
+    assert "lstm (0% dead, 75% saturated)" in summary and "out (" not in summary
+    assert 'loading="lazy"' in page and page.count("<img") == len(expected)
     # Provenance: hashes, config, and every artifact matching the current model/data.
     assert file_hash(params["paths"]["model"]) in page and "sha256:test" in page
     assert page.count("NO: stale artifact") == 0 and "max_inputs: 2" in page
-    # Metrics tables come from the metrics JSON files, flattened.
-    assert "layers.conv.mean" in page and "conv.mean_reach_ratio" in page
+    # The metrics files, as DVC reads them, are in the provenance.
+    assert "metrics/maximize.json" in page and "&quot;mean_reach_ratio&quot;" in page
     assert not list(tmp_path.glob("outputs/.tmp-*"))
 
 
@@ -210,6 +231,43 @@ def test_wrong_layout_and_truncated_files_are_one_line_errors_and_keep_the_old_r
     # runs changed nothing and left no temporary directory behind.
     assert (report / "index.html").read_text() == first
     assert not list(tmp_path.glob("outputs/.tmp-*"))
+
+
+def test_all_layers_draws_every_layer_and_a_second_render_reuses_every_figure(tmp_path):
+    params = synthetic_project(tmp_path)
+    params["render"]["layers"] = "all"
+    report, page = _render(params)
+    names = {p.name for p in (report / "figures").iterdir()}
+    assert "act_bn_0.png" in names and 'id="layer-bn"' in page
+    cache = report.parent / f".kerascope-cache-{report.name}"
+    entries = sorted(p.name for p in cache.iterdir() if p.suffix == ".png")
+    assert len(entries) == len(names)
+    before = {p.name: p.read_bytes() for p in (report / "figures").iterdir()}
+    # Unchanged inputs: every figure comes from the cache, byte for byte.
+    from pipeline.stages.render import _main
+
+    _main(params)
+    after = {p.name: p.read_bytes() for p in (report / "figures").iterdir()}
+    assert after == before
+    # Back to the default: the figures of layers no longer drawn are pruned from the
+    # cache; a file kerascope did not write there is kept.
+    (cache / "notes.txt").write_text("mine")
+    params["render"]["layers"] = "inspected"
+    _main(params)
+    left = {p.name for p in cache.iterdir() if p.suffix == ".png"}
+    assert len(left) == len(names) - 2  # act_bn_0 and act_bn_1 (bn is not inspected)
+    assert (cache / "notes.txt").read_text() == "mine"
+
+
+def test_a_foreign_cache_directory_is_never_written_into(tmp_path):
+    params = synthetic_project(tmp_path)
+    report = Path(params["paths"]["report"])
+    foreign = report.parent / f".kerascope-cache-{report.name}"
+    foreign.mkdir(parents=True)
+    (foreign / ("a" * 64 + ".png")).write_bytes(b"user data")
+    _render(params)
+    assert [p.name for p in foreign.iterdir()] == ["a" * 64 + ".png"]
+    assert (foreign / ("a" * 64 + ".png")).read_bytes() == b"user data"
 
 
 def test_stale_artifacts_are_flagged_in_the_provenance(tmp_path):
@@ -314,3 +372,26 @@ def test_render_params_invalidate_only_the_render_stage():
     render = stages["render"]
     for dep in ("pipeline/render", "pipeline/stages/render.py", "${paths.activations}"):
         assert dep in render["deps"]
+
+
+def test_the_render_command_never_imports_tensorflow(tmp_path):
+    """Render only reads files and draws: no six-second TensorFlow import."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    params = synthetic_project(tmp_path)
+    params["paths"] = {k: str(Path(v).relative_to(tmp_path)) for k, v in params["paths"].items()}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    script = (
+        "import runpy, sys; sys.argv = ['render']; "
+        "runpy.run_module('pipeline.stages.render', run_name='__main__'); "
+        "print('imported:', 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "imported: False False" in proc.stdout
+    assert (tmp_path / "outputs" / "report" / "index.html").exists()

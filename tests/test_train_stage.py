@@ -65,6 +65,12 @@ def test_evaluation_file_matches_an_independent_prediction(digits_params):
     expected = float(np.mean(model.predict(x, verbose=0).argmax(-1) == y))
     assert metrics["test"]["accuracy"] == pytest.approx(expected)
     assert (Path(paths["live"]) / "plots/metrics/train/loss.tsv").exists()
+    # The stage's DVC metric: the same accuracy, and the loss of the saved model.
+    headline = json.loads((Path(paths["metrics"]) / "train.json").read_text())
+    assert headline["accuracy"] == pytest.approx(expected)
+    probabilities = model.predict(x, verbose=0)
+    loss = -np.mean(np.log(np.clip(probabilities[np.arange(len(y)), y], 1e-7, 1)))
+    assert headline["loss"] == pytest.approx(loss, rel=1e-3)
 
 
 @pytest.mark.parametrize("fmt", ["keras", "h5", "savedmodel"])

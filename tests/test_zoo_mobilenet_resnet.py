@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from zoo import check_outputs, run_experiment, zoo_repo
+from zoo import check_outputs, check_report, run_experiment, zoo_repo
 
 
 @pytest.fixture(scope="module")
@@ -26,3 +26,7 @@ def test_application_model_runs_every_stage(repo, tmp_path, name, mode, layer):
     # MNIST digits are 28x28 grey: kerascope resizes them and repeats the channel.
     run_experiment(repo, path, mode)
     check_outputs(repo, model, mode, layer)
+    if name == "ResNet50V2":
+        # About 190 layers: the report must stay light and render completely.
+        sizes = check_report(repo, tmp_path / "chrome-profile")
+        print(f"ResNet50V2 report: {sizes}")

@@ -30,12 +30,6 @@ ZOO_SHRINK["maximize/default.yaml"].update(
     }
 )
 
-# Until the report groups and limits layers (issue 15), draw the health table only.
-ZOO_SHRINK["render/default.yaml"] = {
-    **ZOO_SHRINK["render/default.yaml"],
-    "layer_views": {"*": "skip"},
-}
-
 #: keras.applications preprocessing, written out independently of pipeline/inputs.py.
 MODES = {
     "none": lambda x: x,
@@ -120,3 +114,42 @@ def check_outputs(repo: Path, model, mode: str, layer: str | None = None) -> dic
     assert set(metrics) >= {"saliency", "gradcam", "scorecam", "random"}
     assert cam_layer  # the chosen CAM layer is recorded (and shown in the report)
     return metrics
+
+
+def check_report(repo: Path, profile: Path) -> dict:
+    """The report of a big model in headless Chromium: light first screen, complete page.
+
+    Returns sizes for the test to record.
+    """
+    from browser import (
+        blank_bands,
+        chrome,
+        full_page_screenshot,
+        loaded_bytes,
+        open_everything_and_wait,
+        remote_requests,
+        severe_console_messages,
+        unpainted_images,
+    )
+
+    report = repo / "outputs" / "report"
+    size = sum(p.stat().st_size for p in report.rglob("*") if p.is_file())
+    assert size < 20e6, size
+    with chrome(profile) as driver:
+        driver.get((report / "index.html").as_uri())
+        first_screen = loaded_bytes(driver, report)
+        assert first_screen < 1e6, first_screen
+        # Layer groups (one per block) are closed: their figures load only when opened.
+        groups = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#layers details[id^=group-]'))"
+            ".map(d => [d.open, d.querySelector('summary').textContent])"
+        )
+        assert len(groups) >= 10 and not any(is_open for is_open, _ in groups)
+        # The page as a reader first sees it (groups closed), every image loaded.
+        open_everything_and_wait(driver, open_details=False)
+        screenshot = full_page_screenshot(driver)
+        assert not blank_bands(screenshot), blank_bands(screenshot)
+        assert not unpainted_images(driver, screenshot)
+        assert not remote_requests(driver)
+        assert not severe_console_messages(driver)
+    return {"bytes": size, "first_screen": first_screen, "height": screenshot.shape[0]}

@@ -13,6 +13,7 @@ evaluation    ``outputs/evaluation.h5``        train
 activations   ``outputs/activations.h5``       extract
 attributions  ``outputs/attributions.h5``      attribute
 maximization  ``outputs/maximization.h5``      maximize
+concepts      ``outputs/concepts.h5``          concepts
 ============  ===============================  ==================
 """
 

@@ -1,4 +1,4 @@
-"""``outputs/attributions.h5``: every method's maps, with faithfulness and sanity results.
+"""``outputs/attributions.h5``: every method's maps, with faithfulness, sanity and metrics.
 
 Written by the attribute stage; read by the report and by ``python -m pipeline.compare``
 (from any experiment, through ``dvc.api``).
@@ -38,6 +38,8 @@ LAYOUT = common.layout(
     sanity/<method>                      Spearman correlation after each randomised layer
     sanity/<method>@layers               the randomised layers, in cascade order (JSON)
     sanity@threshold                     a method fails at or above this |correlation|
+    metrics/<method>/<metric>            (N,) a further metric per input (random: reference)
+    metrics@options                      the metric settings (JSON)
     @score                               logits or probabilities
     @target_mode                         predicted, true, or a class index
     @methods                             the methods, in configured order (JSON)
@@ -98,6 +100,8 @@ class Attributions:
     substrate: str = ""
     sanity: dict[str, Sanity] = field(default_factory=dict)
     sanity_threshold: float = 0.5
+    metrics: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    metric_options: dict = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     n_inputs: int = 0
     input_space: dict = field(default_factory=dict)
@@ -148,12 +152,17 @@ def write_results(f, result: Attributions) -> None:
         common.write_attrs(data, {"layers": list(sanity.layers)})
     if result.sanity:
         f["sanity"].attrs["threshold"] = result.sanity_threshold
+    for name, values in result.metrics.items():
+        for metric, per_input in values.items():
+            f.create_dataset(f"metrics/{name}/{metric}", data=np.asarray(per_input, np.float64))
+    if result.metrics:
+        common.write_attrs(f["metrics"], {"options": dict(result.metric_options)})
 
 
 def read_attributions(source: str | Path | BinaryIO, count: int | None = None) -> Attributions:
     """Read an attributions file; maps and inputs of the first ``count`` inputs only.
 
-    Curves are read for every input (their means summarise the whole set).
+    Curves and metrics are read for every input (their means summarise the whole set).
     """
     with common.open_artifact(source, KIND, VERSION, STAGE) as f:
         rows = slice(None, count)
@@ -198,6 +207,11 @@ def read_attributions(source: str | Path | BinaryIO, count: int | None = None) -
                 m: Sanity(common.read_json_attr(f["sanity"][m], "layers", []), f["sanity"][m][()])
                 for m in names
             }
+        metrics = {}
+        if "metrics" in f:
+            names = [m for m in [*order, "random"] if m in f["metrics"]]
+            names += [m for m in f["metrics"] if m not in names]
+            metrics = {m: {k: v[()] for k, v in f["metrics"][m].items()} for m in names}
         return Attributions(
             inputs=f["inputs"][rows],
             targets=f["targets"][rows],
@@ -213,6 +227,8 @@ def read_attributions(source: str | Path | BinaryIO, count: int | None = None) -
             substrate=substrate,
             sanity=sanity,
             sanity_threshold=threshold,
+            metrics=metrics,
+            metric_options=common.read_json_attr(f["metrics"], "options", {}) if metrics else {},
             provenance=common.common_attrs(f),
             n_inputs=len(f["inputs"]),
             input_space=common.read_json_attr(f, "input_space", {}),
@@ -228,7 +244,8 @@ def record_of(explanation, inputs, targets, probabilities, **attrs) -> Attributi
         targets: The explained class per input.
         probabilities: The model's outputs.
         **attrs: The remaining :class:`Attributions` fields (``score``, ``class_names``,
-            ``target_mode``, ``substrate``, ``sanity_threshold``, ``provenance``).
+            ``target_mode``, ``substrate``, ``sanity_threshold``, ``metric_options``,
+            ``provenance``).
     """
     methods = {
         name: MethodMaps(
@@ -256,5 +273,6 @@ def record_of(explanation, inputs, targets, probabilities, **attrs) -> Attributi
         },
         fractions=next(iter(curves.values())).fractions if curves else None,
         sanity={name: Sanity(layers, corr) for name, (layers, corr) in explanation.sanity.items()},
+        metrics=explanation.evaluation,
         **attrs,
     )

@@ -128,6 +128,25 @@ def read_split(path: str | Path, split: str) -> Split:
         return Split(x=group["x"][()], y=group["y"][()], index=index)
 
 
+def split_size(path: str | Path, split: str) -> int:
+    """Number of inputs in one split (``train``, ``val``, ``test`` or ``probe``)."""
+    if split not in SPLITS:
+        raise KerascopeError(f"unknown split '{split}'; valid: {', '.join(SPLITS)}")
+    with common.open_artifact(path, KIND, VERSION, STAGE) as f:
+        return len(f[split]["x"])
+
+
+def read_rows(path: str | Path, split: str, rows) -> np.ndarray:
+    """Some inputs of one split, read without loading the rest (any order, repeats allowed)."""
+    rows = np.asarray(rows, np.int64).reshape(-1)
+    unique, where = np.unique(rows, return_inverse=True)
+    with common.open_artifact(path, KIND, VERSION, STAGE) as f:
+        data = f[split]["x"]
+        if len(unique) and (unique[0] < 0 or unique[-1] >= len(data)):
+            raise KerascopeError(f"row {int(unique[-1])} is out of range for split '{split}'")
+        return data[unique][where] if len(unique) else data[:0]
+
+
 @dataclass
 class InputOptions:
     """Which inputs a tensor stage explains (the keys shared by extract and attribute).

@@ -24,7 +24,7 @@ LAYOUT = common.layout(
     <layer>/best_probe_activation  the unit's best activation on any probe input
     <layer>/reach_ratio            final / best_probe_activation (NaN where the best is 0)
     <layer>@layer_path             the target layer
-    <layer>@objective              channel, neuron, unit, class_logit or direction
+    <layer>@objective              channel, neuron, unit, class_logit, direction, layer or sum
     <layer>@settings               the optimisation settings (JSON)
     @model_hash                    SHA-256 of the model file
     @data_hash                     hash of the data set

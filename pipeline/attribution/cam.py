@@ -1,6 +1,7 @@
-"""Class activation maps: Grad-CAM, Grad-CAM++ and Score-CAM.
+"""Class activation maps: Grad-CAM, Grad-CAM++, LayerCAM, Score-CAM and Faster-ScoreCAM.
 
-Selvaraju et al. 2017; Chattopadhay et al. 2018; Wang et al. 2020.
+Selvaraju et al. 2017; Chattopadhay et al. 2018; Jiang et al. 2021; Wang et al. 2020;
+Faster-ScoreCAM as tf-keras-vis defines it.
 
 Each returns an :class:`Attribution` whose ``raw`` maps are at the layer's resolution,
 (N, h, w) for 2-D layers or (N, T) for temporal ones, and whose ``maps`` are upsampled
@@ -13,7 +14,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.batching import compile_step, run_batched, spec
+from pipeline.attribution.batching import (
+    compile_step,
+    forward_rows,
+    gradient_rows,
+    run_batched,
+    spec,
+)
 from pipeline.attribution.options import resolve
 from pipeline.attribution.result import Attribution
 from pipeline.attribution.scoring import check_targets, forward, target_score
@@ -93,6 +100,15 @@ def _cam_weights(variant: str, acts, grads):
     return tf.reduce_sum(alphas * tf.nn.relu(grads), axis=axes)
 
 
+def _cam_map(variant: str, acts, grads):
+    """The raw map of a gradient CAM method from activations and their gradients."""
+    if variant == "layercam":
+        # Jiang et al. eq. 5-6: every position weights its own activation by its own
+        # positive gradient, instead of one weight per channel.
+        return tf.nn.relu(tf.reduce_sum(tf.nn.relu(grads) * acts, axis=-1))
+    return combine(acts, _cam_weights(variant, acts, grads))
+
+
 def _cam_step(model, layer, score, input_shape, variant):
     def build():
         fwd = forward(model, score, [layer])
@@ -103,7 +119,7 @@ def _cam_step(model, layer, score, input_shape, variant):
                 value = target_score(outputs, target)
             acts = taps[layer]
             grads = tape.gradient(value, acts)
-            raw = combine(acts, _cam_weights(variant, acts, grads))
+            raw = _cam_map(variant, acts, grads)
             return raw, upsample_tf(raw, input_shape)
 
         return step
@@ -129,7 +145,9 @@ def _gradient_cam(variant: str, model: keras.Model, x, targets, options: dict) -
     _, common = resolve(variant, options)
     targets, layer, x = _prepare(model, x, targets, common["layer"])
     fn = _cam_step(model, layer, common["score"], x.shape[1:], variant)
-    raw, maps = run_batched(fn, [x, targets], common["batch_size"])
+    raw, maps = run_batched(
+        fn, [x, targets], gradient_rows(model, x.shape[1:], common["batch_size"])
+    )
     return Attribution(maps, raw=raw, layer=layer)
 
 
@@ -165,6 +183,18 @@ def gradcam_plus_plus(model: keras.Model, x: np.ndarray, targets, **options) -> 
     return _gradient_cam("gradcam_plus_plus", model, x, targets, options)
 
 
+def layercam(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
+    """LayerCAM: activations weighted position by position by their positive gradients.
+
+    Jiang, Zhang, Hou, Cheng & Wei (2021), "LayerCAM: Exploring Hierarchical Class
+    Activation Maps for Localization": ReLU(sum_k ReLU(dS/dA_k) * A_k). Per-position
+    weights keep fine detail, so it also maps shallow layers well.
+
+    Args and returns as :func:`gradcam`.
+    """
+    return _gradient_cam("layercam", model, x, targets, options)
+
+
 def _scorecam_step(model, layer, input_shape, keep):
     def build():
         fwd = forward(model, "logits", [layer])
@@ -173,8 +203,10 @@ def _scorecam_step(model, layer, input_shape, keep):
             acts = fwd(batch)[1][layer]  # (b, ..., K)
             channels = acts.shape[-1]
             axes = list(range(1, acts.shape.rank - 1))
-            # The `keep` channels with the highest mean activation, per input.
-            top = tf.math.top_k(tf.reduce_mean(acts, axis=axes), keep).indices  # (b, keep)
+            # The `keep` channels whose activations vary the most over positions, per
+            # input (tf-keras-vis's max_N; all of them when keep == channels).
+            importance = tf.math.reduce_variance(acts, axis=axes)
+            top = tf.math.top_k(importance, keep).indices  # (b, keep)
             chosen = tf.gather(acts, top, axis=-1, batch_dims=1)  # (b, ..., keep)
             perm = [0, acts.shape.rank - 1, *axes]
             chosen = tf.reshape(tf.transpose(chosen, perm), (-1, *acts.shape[1:-1]))
@@ -192,7 +224,7 @@ def _scorecam_step(model, layer, input_shape, keep):
             weights = tf.nn.softmax(tf.reshape(probs, (-1, keep)), axis=1)
             full = tf.reduce_sum(tf.one_hot(top, channels) * weights[..., None], axis=1)
             raw = combine(acts, full)
-            return raw, upsample_tf(raw, input_shape)
+            return raw, upsample_tf(raw, input_shape), top
 
         return step
 
@@ -218,18 +250,53 @@ def scorecam(model: keras.Model, x: np.ndarray, targets, **options) -> Attributi
         x: Inputs (N, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
         **options: :class:`~pipeline.attribution.options.ScoreCamOptions`
-            (``max_channels``: only this many channels per input, those with the highest
-            mean activation; None uses all), ``layer`` (as :func:`gradcam`) and
+            (``max_channels``: above this many channels, only this many per input, those
+            whose activations vary the most over positions, as in tf-keras-vis; None
+            uses all), ``layer`` (as :func:`gradcam`) and
             ``batch_size`` (masked inputs per compiled step; inputs per step = this
             divided by the number of channels used, at least 1).
 
     Returns:
         :class:`Attribution` with raw and upsampled maps and the layer used.
     """
-    opts, common = resolve("scorecam", options)
+    return _score_cam("scorecam", model, x, targets, options)[0]
+
+
+def _score_cam(method: str, model: keras.Model, x, targets, options: dict):
+    """Score-CAM over the ``max_channels`` most varying channels; and their indices."""
+    opts, common = resolve(method, options)
     targets, layer, x = _prepare(model, x, targets, common["layer"])
     channels = int(layer_info(model, layer).output_shape[-1])
     keep = channels if opts.max_channels is None else min(int(opts.max_channels), channels)
     fn = _scorecam_step(model, layer, x.shape[1:], keep)
-    raw, maps = run_batched(fn, [x, targets], max(1, common["batch_size"] // keep))
-    return Attribution(maps, raw=raw, layer=layer)
+    rows = forward_rows(model, x.shape[1:], common["batch_size"])
+    raw, maps, top = run_batched(fn, [x, targets], max(1, rows // keep))
+    return Attribution(maps, raw=raw, layer=layer), top
+
+
+def faster_scorecam(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
+    """Faster-ScoreCAM: Score-CAM over the channels whose activations vary the most.
+
+    Score-CAM (Wang et al. 2020) as :func:`scorecam` computes it, restricted to the
+    ``max_channels`` channels of highest spatial variance per input, as tf-keras-vis's
+    Faster-ScoreCAM does (a channel that is the same everywhere cannot say where).
+    Gradient-free, so it works on models without gradients, and on sequences over a
+    temporal layer.
+
+    Args:
+        model: A classifier.
+        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        targets: One class per input (or one for all); None: the predicted class.
+        **options: :class:`~pipeline.attribution.options.FasterScoreCamOptions`
+            (``max_channels``, default 10: :func:`scorecam` with the same value gives
+            the same maps, only the defaults differ), ``layer`` (as :func:`gradcam`)
+            and ``batch_size`` (masked inputs per compiled step).
+
+    Returns:
+        :class:`Attribution` with raw and upsampled maps, the layer used and the extra
+        ``channels`` (N, channels used): each input's chosen channels, highest variance
+        first.
+    """
+    result, top = _score_cam("faster_scorecam", model, x, targets, options)
+    result.extras["channels"] = top
+    return result

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.batching import compile_step, run_batched, spec
+from pipeline.attribution.batching import compile_step, forward_rows, run_batched, spec
 from pipeline.attribution.options import SUBSTRATES
 from pipeline.attribution.result import as_maps
 from pipeline.attribution.scoring import check_targets, forward, target_score
@@ -35,6 +35,23 @@ class DeletionInsertion:
     insertion: np.ndarray
     deletion_auc: np.ndarray
     insertion_auc: np.ndarray
+
+
+def check_maps(maps, x: np.ndarray) -> np.ndarray:
+    """Attribution maps as float32, checked to lie over the inputs.
+
+    Images take (N, H, W) maps; sequences (N, T, F) or (N, T) maps (whole time steps).
+
+    Raises:
+        KerascopeError: The maps do not fit the inputs.
+    """
+    maps = as_maps(maps)
+    valid = [x.shape[1:3]] if x.ndim == 4 else [x.shape[1:], x.shape[1:2]]
+    if len(maps) != len(x) or tuple(maps.shape[1:]) not in [tuple(v) for v in valid]:
+        raise KerascopeError(
+            f"attribution maps of shape {maps.shape} do not fit inputs of shape {x.shape}"
+        )
+    return maps
 
 
 def substrate(x: np.ndarray, kind: str = "blur", sigma: float = 5.0) -> np.ndarray:
@@ -131,14 +148,9 @@ def deletion_insertion(
     targets = check_targets(model, targets, len(x), x)
     if steps <= 0:
         raise KerascopeError(f"faithfulness steps must be positive, got {steps}")
-    maps = as_maps(maps)
     x = np.asarray(x, np.float32)
+    maps = check_maps(maps, x)
     feature_shape = tuple(maps.shape[1:])
-    valid = [x.shape[1:3]] if x.ndim == 4 else [x.shape[1:], x.shape[1:2]]
-    if len(maps) != len(x) or feature_shape not in [tuple(v) for v in valid]:
-        raise KerascopeError(
-            f"attribution maps of shape {maps.shape} do not fit inputs of shape {x.shape}"
-        )
     n_features = int(np.prod(feature_shape))
     base = substrate(x, substrate_kind)
     fractions = np.linspace(0.0, 1.0, steps + 1)
@@ -150,7 +162,7 @@ def deletion_insertion(
     deletion, insertion = run_batched(
         fn,
         [x, base.astype(np.float32), rank.astype(np.int32), targets],
-        max(1, batch_size // (2 * (steps + 1))),
+        max(1, forward_rows(model, x.shape[1:], batch_size) // (2 * (steps + 1))),
     )
     curves = {"deletion": deletion, "insertion": insertion}
     auc = {k: np.trapezoid(v, fractions, axis=1) for k, v in curves.items()}

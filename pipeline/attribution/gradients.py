@@ -1,4 +1,8 @@
-"""Gradient saliency (Simonyan et al. 2013) and SmoothGrad (Smilkov et al. 2017)."""
+"""Plain and noisy input gradients.
+
+Saliency (Simonyan et al. 2013), SmoothGrad (Smilkov et al. 2017), VarGrad (Adebayo et
+al. 2018), SquareGrad (Hooker et al. 2019) and Gradient x Input (Shrikumar et al. 2016).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.batching import compile_step, run_batched, spec
+from pipeline.attribution.batching import compile_step, gradient_rows, run_batched, spec
 from pipeline.attribution.options import resolve
 from pipeline.attribution.result import Attribution, is_image, reduce_channels
 from pipeline.attribution.scoring import check_targets, gradient_step
@@ -23,7 +27,7 @@ def input_gradients(
     targets = check_targets(model, targets, len(x), x)
     x = np.asarray(x, np.float32)
     fn = gradient_step(model, x.shape[1:], score)
-    return run_batched(fn, [x, targets], batch_size)[0]
+    return run_batched(fn, [x, targets], gradient_rows(model, x.shape[1:], batch_size))[0]
 
 
 def saliency(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
@@ -48,8 +52,12 @@ def saliency(model: keras.Model, x: np.ndarray, targets, **options) -> Attributi
     return Attribution(reduce_channels(grads, opts.reduce, is_image(np.asarray(x))))
 
 
-def _smoothgrad_step(model: keras.Model, shape: tuple, score: str, samples: int):
-    """Compiled ``(batch, targets, noise) -> mean |gradient|`` over ``samples`` noisy copies."""
+def _noisy_gradient_step(model: keras.Model, shape: tuple, score: str, samples: int):
+    """Compiled ``(batch, targets, noise) -> statistics`` of the gradients of noisy copies.
+
+    One gradient pass over all ``samples`` noisy copies of a batch yields SmoothGrad's
+    mean |gradient|, SquareGrad's mean squared gradient and VarGrad's variance together.
+    """
 
     def build():
         grad = gradient_step(model, shape, score)
@@ -58,16 +66,62 @@ def _smoothgrad_step(model: keras.Model, shape: tuple, score: str, samples: int)
             # (b, S, ...) -> (b * S, ...): all noisy copies of a batch in one gradient pass.
             noisy = tf.reshape(batch[:, None] + noise, (-1, *shape))
             grads, _ = grad(noisy, tf.repeat(target, samples))
-            return tf.reduce_mean(tf.reshape(tf.abs(grads), (-1, samples, *shape)), axis=1)
+            grads = tf.reshape(grads, (-1, samples, *shape))
+            mean = tf.reduce_mean(grads, axis=1, keepdims=True)
+            return (
+                tf.reduce_mean(tf.abs(grads), axis=1),
+                tf.reduce_mean(tf.square(grads), axis=1),
+                # Centred before squaring: E[g^2] - E[g]^2 would cancel catastrophically.
+                tf.reduce_mean(tf.square(grads - mean), axis=1),
+            )
 
         return step
 
     return compile_step(
         model,
-        ("smoothgrad", score, shape, samples),
+        ("noisy_gradients", score, shape, samples),
         build,
         [spec(shape), spec((), tf.int32), spec((samples, *shape))],
     )
+
+
+def smoothgrad_noise(x: np.ndarray, noise: float, samples: int, seed: int):
+    """SmoothGrad's noise, made batch by batch: a ``per_batch`` for :func:`run_batched`.
+
+    Input ``i`` gets ``default_rng([seed, i]).standard_normal((samples, *shape))`` times
+    ``noise`` times its value range (max - min), whatever the batch size.
+    """
+    axes = tuple(range(1, x.ndim))
+    span = (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True)).astype(np.float32)
+
+    def noise_of(a: int, b: int) -> tuple[np.ndarray]:
+        # One generator per input: its noise does not depend on how inputs are batched.
+        eps = np.stack(
+            [
+                np.random.default_rng([seed, i]).standard_normal((samples, *x.shape[1:]))
+                for i in range(a, b)
+            ]
+        ).astype(np.float32)
+        return (eps * (span[a:b] * noise)[:, None],)
+
+    return noise_of
+
+
+def _noisy_gradients(method: str, model: keras.Model, x, targets, options: dict):
+    """Run a noisy-gradient method: its options, the float inputs and the statistics.
+
+    Returns:
+        (options, x, {"abs": mean |g|, "square": mean g^2, "variance": Var g}).
+    """
+    opts, common = resolve(method, options)
+    targets = check_targets(model, targets, len(x), x)
+    x = np.asarray(x, np.float32)
+    fn = _noisy_gradient_step(model, x.shape[1:], common["score"], opts.samples)
+    rows = gradient_rows(model, x.shape[1:], common["batch_size"])
+    per_step = max(1, rows // opts.samples)
+    noise_of = smoothgrad_noise(x, opts.noise, opts.samples, common["seed"])
+    stats = run_batched(fn, [x, targets], per_step, per_batch=noise_of)
+    return opts, x, dict(zip(("abs", "square", "variance"), stats, strict=True))
 
 
 def smoothgrad(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
@@ -89,24 +143,67 @@ def smoothgrad(model: keras.Model, x: np.ndarray, targets, **options) -> Attribu
     Returns:
         :class:`Attribution` with maps shaped as :func:`saliency`'s.
     """
-    opts, common = resolve("smoothgrad", options)
-    noise, samples, seed = opts.noise, opts.samples, common["seed"]
-    targets = check_targets(model, targets, len(x), x)
+    opts, x, stats = _noisy_gradients("smoothgrad", model, x, targets, options)
+    return Attribution(reduce_channels(stats["abs"], opts.reduce, is_image(x)))
+
+
+def vargrad(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
+    """VarGrad: the variance of the gradient over SmoothGrad's noisy copies.
+
+    Adebayo, Gilmer, Goodfellow & Kim (2018), "Local Explanation Methods for Deep
+    Neural Networks Lack Sensitivity to Parameter Values". The population variance
+    (divided by ``samples``) of each gradient entry, then reduced over channels. The
+    noise is SmoothGrad's: the same seed gives the same noisy copies.
+
+    Args:
+        model: A classifier.
+        x: Inputs.
+        targets: One class per input (or one for all); None: the predicted class.
+        **options: :class:`~pipeline.attribution.options.VarGradOptions` (``noise``,
+            ``samples``, ``reduce``), ``score``, ``seed`` and ``batch_size``, as
+            :func:`smoothgrad`.
+
+    Returns:
+        :class:`Attribution` with maps shaped as :func:`saliency`'s.
+    """
+    opts, x, stats = _noisy_gradients("vargrad", model, x, targets, options)
+    return Attribution(reduce_channels(stats["variance"], opts.reduce, is_image(x)))
+
+
+def squaregrad(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
+    """SquareGrad (SmoothGrad-Squared): the mean squared gradient over noisy copies.
+
+    Hooker, Erhan, Kindermans & Kim (2019), "A Benchmark for Interpretability Methods
+    in Deep Neural Networks". The noise is SmoothGrad's: the same seed gives the same
+    noisy copies.
+
+    Args and returns as :func:`vargrad` (options
+    :class:`~pipeline.attribution.options.SquareGradOptions`).
+    """
+    opts, x, stats = _noisy_gradients("squaregrad", model, x, targets, options)
+    return Attribution(reduce_channels(stats["square"], opts.reduce, is_image(x)))
+
+
+def gradient_x_input(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
+    """Gradient x Input: the gradient times the input, signed.
+
+    Shrikumar, Greenside, Shcherbina & Kundaje (2016), "Not Just a Black Box: Learning
+    Important Features Through Propagating Activation Differences". For a linear score
+    it is each feature's exact contribution, w * x.
+
+    Args:
+        model: A classifier.
+        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        targets: One class per input (or one for all); None: the predicted class.
+        **options: ``score`` and ``batch_size`` (inputs per compiled step).
+
+    Returns:
+        :class:`Attribution` with maps summed over channels for images, (N, T, F) for
+        sequences, and the input-shaped extra ``attributions``.
+    """
+    _, common = resolve("gradient_x_input", options)
     x = np.asarray(x, np.float32)
-    axes = tuple(range(1, x.ndim))
-    span = (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True)).astype(np.float32)
-
-    def noise_of(a: int, b: int) -> tuple[np.ndarray]:
-        # One generator per input: its noise does not depend on how inputs are batched.
-        eps = np.stack(
-            [
-                np.random.default_rng([seed, i]).standard_normal((samples, *x.shape[1:]))
-                for i in range(a, b)
-            ]
-        ).astype(np.float32)
-        return (eps * (span[a:b] * noise)[:, None],)
-
-    fn = _smoothgrad_step(model, x.shape[1:], common["score"], samples)
-    per_step = max(1, common["batch_size"] // samples)
-    total = run_batched(fn, [x, targets], per_step, per_batch=noise_of)
-    return Attribution(reduce_channels(total, opts.reduce, is_image(x)))
+    grads = input_gradients(model, x, targets, common["score"], common["batch_size"])
+    attributions = grads * x
+    maps = attributions.sum(axis=-1) if is_image(x) else attributions
+    return Attribution(maps, extras={"attributions": attributions})

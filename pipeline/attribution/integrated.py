@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.batching import compile_step, run_batched, spec
+from pipeline.attribution.batching import compile_step, gradient_rows, run_batched, spec
 from pipeline.attribution.options import BASELINES, resolve
 from pipeline.attribution.result import Attribution, is_image
 from pipeline.attribution.scoring import check_targets, gradient_step
@@ -105,7 +105,8 @@ def integrated_gradients(model: keras.Model, x: np.ndarray, targets, **options) 
     x = np.asarray(x, np.float32)
     base = make_baseline(x, opts.baseline, common["seed"])
     fn = _ig_step(model, x.shape[1:], common["score"], steps)
-    per_step = max(1, common["batch_size"] // (steps + 1))
+    rows = gradient_rows(model, x.shape[1:], common["batch_size"])
+    per_step = max(1, rows // (steps + 1))
     attributions, difference = run_batched(fn, [x, base, targets], per_step)
     total = attributions.reshape(len(x), -1).sum(axis=1)
     maps = attributions.sum(axis=-1) if is_image(x) else attributions

@@ -9,7 +9,7 @@ import tensorflow as tf
 from pipeline.attribution.batching import batches, compile_step, spec
 from pipeline.attribution.options import SCORES
 from pipeline.errors import KerascopeError
-from pipeline.graph import LayerForward, class_count, output_activation
+from pipeline.graph import LayerForward, class_count, output_activation, score_head
 
 
 def check_score(score: str) -> None:
@@ -24,12 +24,17 @@ class ScoreForward:
     A one-unit binary head (sigmoid or a single logit z) is widened to two classes:
     logits (-z, z), whose sigmoids are (1 - sigmoid(z), sigmoid(z)), or probabilities
     (1 - p, p); so class 1 is explained by z and class 0 by -z. The model is untouched.
+    A model ending in a score head (:mod:`pipeline.attribution.heads`) gives its one
+    score column as it is: the head's own ``score`` (logits or probabilities under it)
+    replaces ``score``, so every method and check follows the same score.
     """
 
     def __init__(self, model: keras.Model, score: str, layers=()) -> None:
         check_score(score)
-        self.logits = score == "logits"
-        self.binary = int(model.outputs[0].shape[-1] or 1) == 1
+        head = score_head(model)
+        self.head = head is not None
+        self.logits = (head.score if self.head else score) == "logits"
+        self.binary = int(model.outputs[0].shape[-1] or 1) == 1 and not self.head
         self.squash = output_activation(model)
         self.layers = LayerForward(model, list(layers), logits=self.logits)
 
@@ -47,8 +52,11 @@ class ScoreForward:
     def probabilities(self, logits):
         """Class probabilities from this forward's logits.
 
-        Softmax; each unit's sigmoid for a multi-label head or a widened binary one.
+        Softmax; each unit's sigmoid for a multi-label head or a widened binary one;
+        a score head's scores unchanged.
         """
+        if self.head:
+            return logits
         if self.binary or self.squash == "sigmoid":
             return tf.sigmoid(logits)
         return tf.nn.softmax(logits)

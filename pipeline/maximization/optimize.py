@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from pipeline.errors import KerascopeError
-from pipeline.graph import LayerForward, list_layers
+from pipeline.graph import compiled, list_layers
 from pipeline.inputs import InputSpace
 from pipeline.maximization import regularizers as reg
-from pipeline.maximization.objectives import objective_values
+from pipeline.maximization.objectives import objective_forward, objective_values
 from pipeline.maximization.parametrizations import initial_params, to_image
-from pipeline.maximization.settings import Objective, Settings
+from pipeline.maximization.settings import Objective, Settings, Sum
 
 #: Memory budget used to choose the batch size automatically.
 MEMORY_BUDGET_BYTES = 1 << 30
@@ -87,7 +87,9 @@ def _regularized_loss(objective, forward, settings, shape, value_range, copies):
         if settings.blur:
             loss += settings.blur * reg.blur_penalty(images)
         if settings.diversity and copies > 1:
-            flat = tf.reshape(acts, [-1, copies, int(np.prod(acts.shape[1:]))])
+            # A Sum's tensors differ in size: images are compared by its first term's.
+            first = next(iter(acts.values())) if isinstance(acts, dict) else acts
+            flat = tf.reshape(first, [-1, copies, int(np.prod(first.shape[1:]))])
             flat = tf.math.l2_normalize(flat, axis=-1)
             sims = tf.einsum("gcd,gkd->gck", flat, flat)
             others = (tf.reduce_sum(sims, axis=-1) - 1.0) / (copies - 1)
@@ -112,22 +114,13 @@ def _check_model(model: keras.Model) -> tuple[int, ...]:
     return tuple(int(d) for d in model.inputs[0].shape[1:])
 
 
-def _target_forward(model: keras.Model, objective: Objective, preactivation: bool, space):
-    """``images -> the objective's tensor``: logits, or the layer (before its activation).
+def _target_forward(model: keras.Model, objective: Objective | Sum, preactivation: bool, space):
+    """``images -> the objective's tensor(s)``: logits, or layers (before their activation).
 
     Images are in display space; ``space`` maps them to the model's inputs first.
     """
-    is_logit = objective.kind == "class_logit"
-    taps = [] if is_logit else [objective.layer]
-    layer_forward = LayerForward(
-        model, taps, logits=is_logit, preactivation=taps if preactivation else []
-    )
-
-    def forward(images):
-        outputs, tapped = layer_forward(space.to_model_tensor(images))
-        return outputs if is_logit else tapped[objective.layer]
-
-    return forward
+    forward = objective_forward(model, objective, preactivation)
+    return lambda images: forward(space.to_model_tensor(images))
 
 
 def _adam_loop(loss_fn, settings: Settings):
@@ -161,7 +154,7 @@ def _adam_loop(loss_fn, settings: Settings):
     return run
 
 
-def _run_steps(run, params, units, objective: Objective, settings: Settings, progress):
+def _run_steps(run, params, units, objective: Objective | Sum, settings: Settings, progress):
     """Every step for one batch of images, in calls of ``steps_per_call`` (for progress)."""
     m, v = tf.Variable(tf.zeros_like(params)), tf.Variable(tf.zeros_like(params))
     units_t = tf.constant(units)
@@ -185,7 +178,7 @@ def _run_steps(run, params, units, objective: Objective, settings: Settings, pro
 
 def maximize(
     model: keras.Model,
-    objective: Objective,
+    objective: Objective | Sum,
     units: Sequence[int],
     value_range: tuple[float, float] = (0.0, 1.0),
     settings: Settings | None = None,
@@ -201,8 +194,11 @@ def maximize(
 
     Args:
         model: An image model (inputs (H, W, C), float).
-        objective: What to maximize (see :class:`Objective`).
-        units: Unit (channel, neuron, class) indices.
+        objective: What to maximize: an :class:`Objective`, or a :class:`Sum` of
+            weighted ones (``a - b``, ``a + 0.5 * b``), every layer involved tapped in
+            one forward pass.
+        units: Unit (channel, neuron, class) indices, one image (per copy) each; an
+            objective (or a sum's term) with a fixed ``unit`` ignores them.
         value_range: (lo, hi) of the data in display space; images stay inside it.
         settings: :class:`Settings`.
         progress: Called with the number of image-steps done after each compiled call.
@@ -225,15 +221,25 @@ def maximize(
     unit_list = np.repeat(np.asarray(units, dtype=np.int32), copies)
     copy_list = np.tile(np.arange(copies, dtype=np.int32), len(units))
     space = space or InputSpace()
-    forward = _target_forward(model, objective, False, space)
-    opt_forward = _target_forward(model, objective, settings.preactivation, space)
-    loss_fn = _regularized_loss(objective, opt_forward, settings, shape, value_range, copies)
-    run = _adam_loop(loss_fn, settings)
+    settings = replace(settings)  # the compiled steps below keep this copy
+    value_range = tuple(float(v) for v in value_range)
 
-    @tf.function(reduce_retracing=True)
-    def final_values(params, units_t):
-        images = _images(params, settings, shape, value_range)
-        return images, objective_values(objective, forward(images), units_t)
+    def build():
+        forward = _target_forward(model, objective, False, space)
+        opt_forward = _target_forward(model, objective, settings.preactivation, space)
+        loss_fn = _regularized_loss(objective, opt_forward, settings, shape, value_range, copies)
+
+        @tf.function(reduce_retracing=True)
+        def final_values(params, units_t):
+            images = _images(params, settings, shape, value_range)
+            return images, objective_values(objective, forward(images), units_t)
+
+        return _adam_loop(loss_fn, settings), final_values
+
+    # Tracing the loop costs more than a small model's whole optimisation, so the
+    # compiled steps are kept per model and option set: a repeated call reuses them.
+    key = ("maximize", repr(objective), repr(settings), repr(space), value_range)
+    run, final_values = compiled(model, key, build)
 
     batch = settings.batch_size or auto_batch_size(model)
     batch = max(copies, batch - batch % copies)

@@ -13,25 +13,113 @@ import numpy as np
 
 from pipeline.errors import KerascopeError, check_choice, check_positive, check_range
 
-OBJECTIVES = ("channel", "neuron", "unit", "class_logit", "direction")
-PARAMETRIZATIONS = ("pixel", "fourier")
+OBJECTIVES = ("channel", "neuron", "unit", "class_logit", "direction", "layer")
+PARAMETRIZATIONS = ("pixel", "fourier", "maco")
+
+#: The ``objective`` of a configured target that adds weighted terms (see :class:`Sum`).
+COMPOSITE = "sum"
+
+
+class _Composable:
+    """Lucid-style arithmetic: objectives add, subtract and scale into a :class:`Sum`."""
+
+    def terms_of(self) -> tuple[Term, ...]:
+        raise NotImplementedError
+
+    def __add__(self, other) -> Sum:
+        if isinstance(other, int | float) and other == 0:
+            return Sum(self.terms_of())  # so that the builtin sum() works
+        if not isinstance(other, _Composable):
+            return NotImplemented
+        return Sum(self.terms_of() + other.terms_of())
+
+    __radd__ = __add__
+
+    def __mul__(self, factor) -> Sum:
+        if isinstance(factor, bool) or not isinstance(factor, int | float):
+            return NotImplemented
+        return Sum(tuple(Term(t.objective, t.weight * float(factor)) for t in self.terms_of()))
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> Sum:
+        return self * -1.0
+
+    def __sub__(self, other) -> Sum:
+        if not isinstance(other, _Composable):
+            return NotImplemented
+        return self + (-other)
 
 
 @dataclass(frozen=True)
-class Objective:
+class Objective(_Composable):
     """One optimisation target.
+
+    Objectives combine as in Lucid (Olah et al. 2017):
+    ``Objective("conv2", "channel", unit=3) - Objective("conv2", "channel", unit=5)`` or
+    ``channel + 0.5 * Objective("out", "class_logit", unit=1)`` is a :class:`Sum`.
 
     Attributes:
         layer: Layer path (for ``class_logit``: the model's output layer).
-        kind: One of :data:`OBJECTIVES`.
+        kind: One of :data:`OBJECTIVES`. ``layer`` is the mean of the squared
+            activations of the whole layer (DeepDream, Mordvintsev, Olah & Tyka 2015);
+            it has no units.
         position: Spatial (or time) index for ``neuron`` objectives; default: centre.
         direction: A vector in the layer's channel space for ``direction``.
+        unit: A fixed unit (channel, neuron, class); None: the unit of each image,
+            from the ``units`` given to ``maximize``.
     """
 
     layer: str
     kind: str
     position: tuple[int, ...] | None = None
     direction: tuple[float, ...] | None = None
+    unit: int | None = None
+
+    def terms_of(self) -> tuple[Term, ...]:
+        """This objective as the one term of a sum, with weight 1."""
+        return (Term(self),)
+
+
+@dataclass(frozen=True)
+class Term:
+    """One weighted objective of a :class:`Sum`."""
+
+    objective: Objective
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Sum(_Composable):
+    """A weighted sum of objectives; each image's value is ``sum(weight * value)``.
+
+    Every layer involved is tapped in the same forward pass. A term with no fixed
+    ``unit`` takes each image's unit from ``maximize``'s ``units``. The diversity term
+    compares images by the first term's tensor.
+
+    Attributes:
+        terms: The weighted objectives, in order.
+    """
+
+    terms: tuple[Term, ...]
+
+    kind = COMPOSITE
+
+    def terms_of(self) -> tuple[Term, ...]:
+        """The terms themselves."""
+        return self.terms
+
+    @property
+    def layer(self) -> str:
+        """A label for reports and file names: ``channel:conv2[3] - 0.5*channel:conv2[5]``."""
+        text = ""
+        for term in self.terms:
+            objective, weight = term.objective, term.weight
+            unit = "" if objective.unit is None else f"[{objective.unit}]"
+            factor = "" if abs(weight) == 1 else f"{abs(weight):g}*"
+            sign = "-" if weight < 0 else "+"
+            text += f" {sign} {factor}{objective.kind}:{objective.layer}{unit}"
+        return text[3:] if text.startswith(" + ") else "-" + text[3:]
 
 
 def objective_kind(output_shape: tuple, is_output: bool) -> str:
@@ -59,8 +147,9 @@ class Settings:
     Attributes:
         steps: Optimisation steps per image.
         learning_rate: Adam step size on the parameters.
-        parametrization: ``pixel`` or ``fourier``.
-        decay: Frequency decay of the Fourier scale (1 = 1/f).
+        parametrization: ``pixel``, ``fourier``, or ``maco`` (only the Fourier phase is
+            optimised, the magnitude fixed at 1/f^decay: Fel et al. 2023).
+        decay: Frequency decay of the Fourier scale and of MaCo's magnitude (1 = 1/f).
         decorrelate: Colour decorrelation for RGB inputs.
         l2, lp, p, tv, blur: Weights of the L2 norm, the Lp norm (with exponent ``p``),
             total variation and the blur penalty.
@@ -120,7 +209,9 @@ class MaximizeOptions(Settings):
 
     Attributes:
         targets: ``{layer, units, objective, position, direction}`` per target; the
-            layer may be a keyword (``output``, ``last_conv``, ``last_hidden``).
+            layer may be a keyword (``output``, ``last_conv``, ``last_hidden``). Or a
+            composite, one image: ``{objective: sum, terms: [{layer, unit, objective,
+            weight, position, direction}, ...]}``.
     """
 
     targets: list[Any] = field(default_factory=list)

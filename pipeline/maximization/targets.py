@@ -1,23 +1,37 @@
 """Which units to visualise: targets by layer path or keyword, units by list or top-k.
 
 A configured target is ``{layer, units, objective, position, direction}``; the layer
-may be a keyword of :data:`pipeline.graph.KEYWORDS`, so one config fits any model.
+may be a keyword of :data:`pipeline.graph.KEYWORDS`, so one config fits any model. A
+composite target ``{objective: sum, terms: [{layer, unit, objective, weight, position,
+direction}, ...]}`` is one image maximising the weighted sum of its terms.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from pipeline.errors import KerascopeError, choices_hint
-from pipeline.graph import KEYWORDS, LayerForward, keyword_layer, layer_info
-from pipeline.maximization.objectives import objective_values
-from pipeline.maximization.settings import OBJECTIVES, Objective, check_units, objective_kind
+from pipeline.graph import KEYWORDS, keyword_layer, layer_info
+from pipeline.maximization.objectives import objective_forward, objective_values
+from pipeline.maximization.settings import (
+    COMPOSITE,
+    OBJECTIVES,
+    Objective,
+    Sum,
+    Term,
+    check_units,
+    objective_kind,
+)
 
 TARGET_KEYS = ("layer", "units", "objective", "position", "direction")
+TERM_KEYS = ("layer", "unit", "objective", "weight", "position", "direction")
+
+#: Objectives of one value per image (no units to choose): one image per target.
+_UNITLESS = ("layer", COMPOSITE)
 
 
 @dataclass
@@ -31,68 +45,122 @@ class TargetPlan:
             reference of the reach ratio.
     """
 
-    objective: Objective
+    objective: Objective | Sum
     units: np.ndarray
     probe_values: np.ndarray
 
 
-def probe_objective(model: keras.Model, objective: Objective, probe_x: np.ndarray) -> np.ndarray:
+def _unit_count(model: keras.Model, objective: Objective | Sum) -> int:
+    """How many units a target can choose from (1 for a layer or a composite objective)."""
+    if objective.kind in _UNITLESS:
+        return 1
+    if objective.kind == "class_logit":
+        return int(model.outputs[0].shape[-1])
+    return int((layer_info(model, objective.layer).output_shape or (1,))[-1])
+
+
+def probe_objective(
+    model: keras.Model, objective: Objective | Sum, probe_x: np.ndarray
+) -> np.ndarray:
     """Objective value of every unit on every probe input: (inputs, units)."""
-    is_logit = objective.kind == "class_logit"
-    forward = LayerForward(model, [] if is_logit else [objective.layer], logits=is_logit)
-    n_units = (
-        int(model.outputs[0].shape[-1])
-        if is_logit
-        else int((layer_info(model, objective.layer).output_shape or (1,))[-1])
-    )
+    forward = objective_forward(model, objective)
+    n_units = _unit_count(model, objective)
     values = []
     for start in range(0, len(probe_x), 256):
-        outputs, taps = forward(tf.convert_to_tensor(probe_x[start : start + 256]))
-        acts = outputs if is_logit else taps[objective.layer]
+        batch = tf.convert_to_tensor(probe_x[start : start + 256])
+        acts = forward(batch)
         rows = []
         for unit in range(n_units):
-            units = tf.fill([tf.shape(acts)[0]], unit)
+            units = tf.fill([batch.shape[0]], unit)
             rows.append(objective_values(objective, acts, units).numpy())
         values.append(np.stack(rows, axis=1))
     return np.concatenate(values)
 
 
-def resolve_objective(model: keras.Model, target) -> tuple[Objective | None, object]:
-    """A configured target as an :class:`Objective` and its unit spec (None: no such layer).
+def _check_keys(entry: dict, valid: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(entry) - set(valid))
+    if unknown:
+        raise KerascopeError(
+            f"unknown key '{unknown[0]}' in {where}; {choices_hint(unknown[0], valid)}"
+        )
+
+
+def _resolve_one(model: keras.Model, entry: dict) -> Objective | None:
+    """One ``{layer, objective, position, direction}`` entry (None: no such layer)."""
+    layer = entry["layer"]
+    if layer in KEYWORDS:
+        layer = keyword_layer(model, layer)
+        if layer is None:
+            return None
+    info = layer_info(model, layer)
+    is_output = info.path == keyword_layer(model, "output")
+    kind = entry.get("objective") or objective_kind(info.output_shape or (), is_output)
+    if kind not in OBJECTIVES:
+        raise KerascopeError(
+            f"invalid maximize objective '{kind}'; {choices_hint(str(kind), OBJECTIVES)}"
+        )
+    position = tuple(entry["position"]) if entry.get("position") is not None else None
+    direction = tuple(entry["direction"]) if entry.get("direction") is not None else None
+    if kind == "direction" and direction is None:
+        raise KerascopeError(
+            f"objective 'direction' for layer '{info.path}' needs a direction vector"
+        )
+    return Objective(info.path, kind, position, direction)
+
+
+def _resolve_term(model: keras.Model, entry) -> Term | None:
+    """One term of a composite target, with its fixed unit and weight (None: no layer)."""
+    if not isinstance(entry, dict) or "layer" not in entry:
+        raise KerascopeError(
+            f"invalid term {entry!r} of a maximize sum; use {{layer: NAME, unit: K, "
+            "objective: channel | neuron | unit | class_logit | direction | layer, weight: W}"
+        )
+    _check_keys(entry, TERM_KEYS, "a maximize sum term")
+    objective = _resolve_one(model, entry)
+    if objective is None:
+        return None
+    weight = entry.get("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise KerascopeError(f"weight {weight!r} of a maximize sum term must be a number")
+    unit = entry.get("unit")
+    if objective.kind in ("layer", "direction"):
+        return Term(objective, float(weight))  # one value per image: no unit to fix
+    if isinstance(unit, bool) or not isinstance(unit, int):
+        raise KerascopeError(
+            f"term '{objective.layer}' ({objective.kind}) of a maximize sum needs a unit index"
+        )
+    check_units([unit], _unit_count(model, objective), objective.layer)
+    return Term(replace(objective, unit=unit), float(weight))
+
+
+def resolve_objective(model: keras.Model, target) -> tuple[Objective | Sum | None, object]:
+    """A configured target as an objective and its unit spec (None: no such layer).
+
+    A composite target (``objective: sum``) becomes a :class:`Sum` of its terms, each
+    with its own layer (keywords resolved per term), fixed unit and weight; it is
+    skipped (None) when a term's keyword fits no layer of the model.
 
     Raises:
         KerascopeError: A malformed target, unknown key, layer or objective.
     """
     if isinstance(target, str):
         target = {"layer": target}
+    if isinstance(target, dict) and target.get("objective") == COMPOSITE:
+        _check_keys(target, ("objective", "terms"), "a maximize sum")
+        entries = target.get("terms")
+        if not isinstance(entries, list) or not entries:
+            raise KerascopeError("a maximize sum needs a non-empty list of terms")
+        terms = [_resolve_term(model, entry) for entry in entries]
+        return (None, None) if None in terms else (Sum(tuple(terms)), "all")
     if not isinstance(target, dict) or "layer" not in target:
         raise KerascopeError(
             f"invalid maximize target {target!r}; use {{layer: NAME, units: all | [..] | "
-            "{top_k: K}, objective: channel | neuron | unit | class_logit | direction}"
+            "{top_k: K}, objective: channel | neuron | unit | class_logit | direction | layer} "
+            "or {objective: sum, terms: [{layer, unit, objective, weight}, ...]}"
         )
-    unknown = sorted(set(target) - set(TARGET_KEYS))
-    if unknown:
-        hint = choices_hint(unknown[0], TARGET_KEYS)
-        raise KerascopeError(f"unknown key '{unknown[0]}' in maximize target; {hint}")
-    layer = target["layer"]
-    if layer in KEYWORDS:
-        layer = keyword_layer(model, layer)
-        if layer is None:
-            return None, None
-    info = layer_info(model, layer)
-    is_output = info.path == keyword_layer(model, "output")
-    kind = target.get("objective") or objective_kind(info.output_shape or (), is_output)
-    if kind not in OBJECTIVES:
-        raise KerascopeError(
-            f"invalid maximize objective '{kind}'; {choices_hint(str(kind), OBJECTIVES)}"
-        )
-    position = tuple(target["position"]) if target.get("position") is not None else None
-    direction = tuple(target["direction"]) if target.get("direction") is not None else None
-    if kind == "direction" and direction is None:
-        raise KerascopeError(
-            f"objective 'direction' for layer '{info.path}' needs a direction vector"
-        )
-    return Objective(info.path, kind, position, direction), target.get("units", "all")
+    _check_keys(target, TARGET_KEYS, "maximize target")
+    objective = _resolve_one(model, target)
+    return (None, None) if objective is None else (objective, target.get("units", "all"))
 
 
 def choose_units(spec, probe_values: np.ndarray, layer: str) -> np.ndarray:
@@ -132,11 +200,38 @@ def plan_targets(
     for target in targets:
         objective, spec = resolve_objective(model, target)
         if objective is None:
-            skipped.append(target["layer"] if isinstance(target, dict) else str(target))
+            skipped.append(_keywords(target))
             continue
         values = probe_objective(model, objective, probe_x)
         plans.append(TargetPlan(objective, choose_units(spec, values, objective.layer), values))
     return plans, skipped
+
+
+def _keywords(target) -> str:
+    """The layer keyword(s) of a skipped target, for the message."""
+    if not isinstance(target, dict):
+        return str(target)
+    entries = target.get("terms") or [target]
+    return ", ".join(str(e["layer"]) for e in entries if e.get("layer") in KEYWORDS)
+
+
+def target_labels(objectives) -> list[str]:
+    """One distinct label per target: its layer path (a sum: its formula).
+
+    Two targets on one layer (its channels, and the whole layer as in DeepDream) would
+    share a name in the maximization file and the metrics: later ones get their
+    objective appended (``conv2 (layer)``), then a number.
+    """
+    labels: list[str] = []
+    for objective in objectives:
+        label = objective.layer
+        if label in labels:
+            label = f"{objective.layer} ({objective.kind})"
+        base, count = label, 2
+        while label in labels:
+            label, count = f"{base} #{count}", count + 1
+        labels.append(label)
+    return labels
 
 
 def reach_ratios(final: np.ndarray, best: np.ndarray) -> np.ndarray:

@@ -60,27 +60,6 @@ def _elide(text: str, width: int) -> str:
     return f"{text[:keep]}\u2026{text[-keep:]}"
 
 
-def summary_table(rows: Sequence[tuple[str, str, str, int]]) -> Figure:
-    """The model summary: layer path, type, output shape, parameters."""
-    fig_height = 0.6 + 0.28 * (len(rows) + 1)
-    fig, ax = plt.subplots(figsize=(8, fig_height))
-    ax.axis("off")
-    cells = [[path, kind, shape, f"{params:,}"] for path, kind, shape, params in rows]
-    table = ax.table(
-        cellText=cells,
-        colLabels=["layer", "type", "output shape", "parameters"],
-        loc="upper center",
-        cellLoc="left",
-    )
-    table.auto_set_font_size(False)
-    table.set_fontsize(9)
-    table.scale(1, 1.3)
-    total = sum(r[3] for r in rows)
-    ax.set_title(f"Model summary ({total:,} parameters)")
-    fig.tight_layout()
-    return fig
-
-
 def architecture_diagram(
     layers: Sequence[tuple[str, str, str]], edges: Sequence[tuple[int, int]] | None = None
 ) -> Figure:
@@ -217,6 +196,26 @@ def prediction_grid(
     return fig
 
 
+def tile_mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
+    """Lay (n, h, w) tiles out row by row in one array, NaN between and after tiles.
+
+    Args:
+        tiles: The tiles.
+        cols: Tiles per row.
+        gap: Pixels between tiles.
+
+    Returns:
+        An (rows * (h + gap) - gap, cols * (w + gap) - gap) array.
+    """
+    n, h, w = tiles.shape
+    rows = math.ceil(n / cols)
+    mosaic = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        mosaic[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tiles[i]
+    return mosaic
+
+
 def feature_maps(
     maps: np.ndarray,
     title: str,
@@ -225,6 +224,9 @@ def feature_maps(
     max_channels: int = 64,
 ) -> Figure:
     """One tile per channel of a conv/pooling output for one input.
+
+    The tiles are drawn as one image (a mosaic) on one axes: a figure of 64 separate
+    axes takes seconds to lay out, a mosaic a few milliseconds.
 
     Args:
         maps: (h, w, channels).
@@ -236,34 +238,97 @@ def feature_maps(
     """
     channels = min(maps.shape[-1], max_channels)
     rows, cols = _grid(channels, 8)
-    fig, axes = plt.subplots(
-        rows,
-        cols,
-        figsize=(1.2 * cols + 1.0, 1.25 * rows + 0.5),
-        squeeze=False,
-        layout="constrained",
-    )
-    lo, hi = float(maps.min()), float(maps.max())
-    image = None
-    for i, ax in enumerate(axes.ravel()):
-        ax.set_xticks([])
-        ax.set_yticks([])
-        if i >= channels:
-            ax.axis("off")
-            continue
-        tile = maps[..., i]
-        if scale == "shared":
-            image = ax.imshow(tile, cmap=cmap, vmin=lo, vmax=hi)
-        else:
-            image = ax.imshow(tile, cmap=cmap)
-        ax.set_title(f"ch {i}", fontsize=8, pad=2)
-    if scale == "shared" and image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="activation")
+    tiles = np.moveaxis(np.asarray(maps, np.float64)[..., :channels], -1, 0)
+    if scale != "shared":
+        lo = tiles.min(axis=(1, 2), keepdims=True)
+        span = tiles.max(axis=(1, 2), keepdims=True) - lo
+        tiles = np.where(span > 0, (tiles - lo) / np.where(span > 0, span, 1), 0.0)
+    h, w = tiles.shape[1:]
+    gap = max(1, round(max(h, w) / 12))
+    mosaic = tile_mosaic(tiles, cols, gap)
+    aspect = mosaic.shape[0] / mosaic.shape[1]
+    width = min(9.0, 1.1 * cols + 1.2)
+    fig, ax = plt.subplots(figsize=(width, width * aspect + 0.8), layout="constrained")
+    colormap = plt.get_cmap(cmap).with_extremes(bad="white")
+    lo, hi = float(np.nanmin(tiles)), float(np.nanmax(tiles))
+    image = ax.imshow(mosaic, cmap=colormap, vmin=lo, vmax=hi, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_frame_on(False)
+    # Channel numbers in each tile's corner, small enough not to hide the map.
+    for i in range(channels):
+        r, c = divmod(i, cols)
+        ax.text(
+            c * (w + gap),
+            r * (h + gap),
+            str(i),
+            fontsize=7,
+            color="white",
+            va="top",
+            ha="left",
+            bbox={"facecolor": "black", "alpha": 0.45, "pad": 0.5, "linewidth": 0},
+        )
+    if scale == "shared":
+        fig.colorbar(image, ax=ax, shrink=0.6, label="activation")
         suffix = f"shared scale {lo:.2g} to {hi:.2g}"
     else:
         suffix = "each tile scaled to its own range"
     more = f", first {channels} of {maps.shape[-1]} channels" if channels < maps.shape[-1] else ""
-    fig.suptitle(_short(f"{title} ({suffix}{more})", 80))
+    fig.suptitle(_short(f"{title} ({suffix}{more}; numbers: channel)", 80))
+    return fig
+
+
+def _bin_edges(values: np.ndarray, bins: int) -> np.ndarray:
+    """Histogram bin edges that also work for a (nearly) constant array.
+
+    An untrained net's BatchNorm can output one value up to float32 rounding: numpy
+    cannot split such a range into ``bins`` bins, so it gets one bin around the value.
+    """
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if hi - lo <= 1e-6 * max(1.0, abs(lo), abs(hi)):
+        return np.array([lo - 0.5, hi + 0.5])
+    return np.histogram_bin_edges(values, bins=bins)
+
+
+def health_strip(
+    paths: Sequence[str],
+    dead: Sequence[float],
+    saturated: Sequence[float],
+    groups: Sequence[tuple[str, int]],
+) -> Figure:
+    """Per layer, the share of dead, saturated and healthy units as one stacked bar.
+
+    Args:
+        paths: Layer paths in model order.
+        dead: Dead fraction per layer.
+        saturated: Saturated fraction per layer.
+        groups: (title, first layer index) of each block, for the axis labels.
+    """
+    n = len(paths)
+    dead = np.nan_to_num(np.asarray(dead, float))
+    saturated = np.nan_to_num(np.asarray(saturated, float))
+    healthy = np.clip(1 - dead - saturated, 0, 1)
+    fig, ax = plt.subplots(figsize=(min(12.0, 4 + 0.09 * n), 2.9), layout="constrained")
+    x = np.arange(n)
+    ax.bar(x, dead, width=1.0, color="#c62828", label="dead")
+    ax.bar(x, saturated, width=1.0, bottom=dead, color="#ef6c00", label="saturated")
+    ax.bar(x, healthy, width=1.0, bottom=dead + saturated, color="#a5d6a7", label="healthy")
+    ax.set_xlim(-0.5, n - 0.5)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of units")
+    if n <= 30:
+        ax.set_xticks(x, [_elide(p, 18) for p in paths], rotation=60, ha="right", fontsize=8)
+    else:
+        # One label per block: 200 layer names would overlap.
+        step = max(1, math.ceil(len(groups) / 30))
+        shown = groups[::step]
+        ax.set_xticks([i for _, i in shown], [_elide(t, 18) for t, _ in shown], rotation=60)
+        ax.tick_params(axis="x", labelsize=8)
+        for _, i in groups:
+            ax.axvline(i - 0.5, color="white", linewidth=0.4)
+        ax.set_xlabel(f"{n} layers in model order, labelled by block")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax.set_title("Unit health per layer")
     return fig
 
 
@@ -319,7 +384,7 @@ def dense_activations(
             ax.tick_params(labelbottom=False)
     values = fig.add_subplot(grid[shown, 0])
     finite = acts[np.isfinite(acts)]
-    values.hist(finite, bins=50, color="#1f77b4")
+    values.hist(finite, bins=_bin_edges(finite, 50), color="#1f77b4")
     values.set_xlabel("activation value (all inputs, all units)")
     values.set_ylabel("count")
     values.set_yscale("log")
@@ -328,7 +393,7 @@ def dense_activations(
     per_unit = fig.add_subplot(grid[shown, 1])
     means = np.nanmean(np.where(np.isfinite(acts), acts, np.nan), axis=0)
     alive = ~dead & ~saturated
-    bins = np.histogram_bin_edges(means[np.isfinite(means)], bins=30)
+    bins = _bin_edges(means[np.isfinite(means)], 30)
     per_unit.hist(
         [means[alive], means[dead], means[saturated]],
         bins=bins,

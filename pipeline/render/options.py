@@ -5,7 +5,8 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass, field
 
-from pipeline.errors import check_choice, check_positive
+from pipeline.errors import KerascopeError, check_choice, check_positive
+from pipeline.render.layers import LAYER_SELECTIONS
 
 #: The views a layer can get (``auto`` picks one from its output shape and type).
 LAYER_VIEWS = ("auto", "conv", "dense", "recurrent", "projection", "skip")
@@ -30,6 +31,10 @@ class RenderOptions:
         layer_views: View per layer path, glob or class name (see :func:`choose_view`).
         formats: ``png`` and/or ``svg``.
         dpi: Resolution of PNG figures.
+        layers: ``inspected`` (convolution, dense, recurrent layers and block outputs get
+            figures; the rest are rows of the health table) or ``all``.
+        workers: Processes drawing figures: ``auto`` (one per CPU) or a number.
+        cache: Reuse figures whose inputs did not change since the last render.
     """
 
     cmap: str = "viridis"
@@ -46,6 +51,15 @@ class RenderOptions:
     layer_views: dict[str, str] = field(default_factory=dict)
     formats: list[str] = field(default_factory=lambda: ["png"])
     dpi: int = 90
+    layers: str = "inspected"
+    workers: str = "auto"
+    cache: bool = True
+
+    def worker_count(self) -> int:
+        """The number of drawing processes ``workers`` asks for."""
+        from pipeline.render.report import default_workers
+
+        return default_workers() if self.workers == "auto" else int(self.workers)
 
     def check(self, prefix: str = "render") -> None:
         """Raise a one-line error for an invalid value."""
@@ -53,6 +67,11 @@ class RenderOptions:
 
         check_choice(f"{prefix}.color_scale", self.color_scale, ["shared", "per_channel"])
         check_choice(f"{prefix}.projection", self.projection, ["pca", "tsne"])
+        check_choice(f"{prefix}.layers", self.layers, list(LAYER_SELECTIONS))
+        if self.workers != "auto" and not (str(self.workers).isdigit() and int(self.workers)):
+            raise KerascopeError(
+                f"'{prefix}.workers' must be auto or a positive integer, got {self.workers!r}"
+            )
         for fmt in self.formats:
             check_choice(f"{prefix} format", fmt, ["png", "svg"])
         # The perceptually uniform and diverging colormaps first: error hints list these.

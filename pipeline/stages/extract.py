@@ -1,8 +1,10 @@
 """Extract stage: stream the chosen layers' activations to one HDF5 file.
 
 Writes ``paths.activations`` (see :mod:`pipeline.artifacts.activations`) batch by batch
-inside a temporary file renamed on success, and the per-layer health metrics to
-``<paths.metrics>/extract.json``.
+inside a temporary file renamed on success; the whole model's dead and saturated shares
+to ``<paths.metrics>/extract.json`` (a DVC metric: a few columns in ``dvc exp show``) and
+the per-layer health to ``<paths.metrics>/layer_health.json`` (read by the report and
+``python -m pipeline.compare``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,13 @@ def run(job: Job[ExtractOptions]) -> None:
     """Stream the chosen layers' activations of the chosen inputs into HDF5."""
     from tqdm import tqdm
 
-    from pipeline.activations import ActivationHealth, default_layers, iter_activations, layer_metas
+    from pipeline.activations import (
+        ActivationHealth,
+        default_layers,
+        iter_activations,
+        layer_metas,
+        overall_health,
+    )
     from pipeline.artifacts.activations import write_activations, write_header
     from pipeline.stages.common import tensor_work
     from pipeline.workspace import file_hash, hdf5_file
@@ -80,6 +88,8 @@ def run(job: Job[ExtractOptions]) -> None:
                     progress=bar.update,
                 )
             with out.write("metrics/extract.json") as tmp:
+                tmp.write_text(json.dumps(overall_health(report), indent=2))
+            with out.write("metrics/layer_health.json") as tmp:
                 tmp.write_text(json.dumps({"layers": report}, indent=2))
         bar.close()
     elapsed = time.perf_counter() - started

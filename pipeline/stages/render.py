@@ -13,6 +13,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pipeline.config import Job, make_job, run_stage
@@ -44,19 +45,27 @@ def _read(reader, path: Path):
     return reader(path) if path.exists() else None
 
 
+def _cache_dir(report: Path) -> Path:
+    """Where reusable figures live: beside the report, git-ignored (see .gitignore)."""
+    return report.parent / f".kerascope-cache-{report.name}"
+
+
 def run(job: Job[RenderOptions]) -> None:
     """Draw every figure from the upstream files and write the report directory."""
     from tqdm import tqdm
 
     from pipeline.artifacts.activations import open_activations
     from pipeline.artifacts.attributions import read_attributions
+    from pipeline.artifacts.concepts import read_concepts
     from pipeline.artifacts.dataset import read_dataset_info, read_split
     from pipeline.artifacts.evaluation import read_evaluation
     from pipeline.artifacts.maximization import read_maximization
     from pipeline.render import sections
+    from pipeline.render.plots import BUNDLE_NAME, write_vega_bundle
     from pipeline.render.report import FigureWriter, build_html
 
     cfg, paths = job.cfg, job.paths
+    started = time.perf_counter()
     evaluation = _read(read_evaluation, paths["evaluation"])
     dataset = _read(read_dataset_info, paths["dataset"])
     probe = _read(lambda p: read_split(p, "probe"), paths["dataset"])
@@ -64,15 +73,15 @@ def run(job: Job[RenderOptions]) -> None:
         lambda p: read_attributions(p, cfg.max_attribution_inputs), paths["attributions"]
     )
     maximization = _read(read_maximization, paths["maximization"])
+    concepts = _read(read_concepts, paths["concepts"])
     activations = open_activations(paths["activations"]) if paths["activations"].exists() else None
-    bar = tqdm(desc="render", unit="layer", disable=None, file=sys.stderr)
     with (
         activations or contextlib.nullcontext() as acts,
         job.claim() as out,
         out.write("report") as tmp,
     ):
-        bar.reset(total=len(acts.layers) if acts else 0)
-        writer = FigureWriter(tmp, cfg.formats, cfg.dpi)
+        cache = _cache_dir(paths["report"]) if cfg.cache else None
+        writer = FigureWriter(tmp, cfg.formats, cfg.dpi, cache)
         model_hash = evaluation.model_hash if evaluation else "not computed"
         data_hash = dataset.data_hash if dataset else "not computed"
         facts = [
@@ -85,31 +94,44 @@ def run(job: Job[RenderOptions]) -> None:
             "activations": acts.provenance if acts else None,
             "attributions": attributions.provenance if attributions else None,
             "maximization": maximization.provenance if maximization else None,
+            "concepts": concepts.provenance if concepts else None,
         }
-        metrics = [paths["live"] / "metrics.json"]
-        metrics += [paths["metrics"] / f"{s}.json" for s in ("extract", "attribute", "maximize")]
+        metrics = {
+            f"metrics/{name}.json": (paths["metrics"] / f"{name}.json").read_text()
+            for name in ("train", "extract", "attribute", "maximize", "concepts")
+            if (paths["metrics"] / f"{name}.json").is_file()
+        }
         model_name = job.params.get("model", {}).get("name", "?")
         data_name = job.params.get("data", {}).get("name", "?")
+        health = sections.layer_health(acts)
         page = build_html(
             "kerascope report",
             f"model {model_name} on data {data_name}",
             [
-                sections.model_section(writer, evaluation),
-                sections.training_section(writer, evaluation, probe, cfg),
-                sections.activations_section(writer, acts, cfg, lambda: bar.update(1)),
+                sections.summary_section(evaluation, attributions, health, maximization, concepts),
                 sections.attributions_section(writer, attributions, cfg),
+                sections.training_section(writer, evaluation, probe, cfg),
+                sections.layers_section(writer, acts, cfg),
                 sections.maximization_section(
                     writer, maximization, evaluation.class_names if evaluation else None
                 ),
-                sections.metrics_section(metrics),
-                sections.provenance_section(facts, recorded, job.config_yaml),
+                sections.concepts_section(writer, concepts, cfg),
+                sections.model_section(writer, evaluation),
+                sections.provenance_section(facts, recorded, job.config_yaml, metrics),
             ],
         )
         (tmp / "index.html").write_text(page, encoding="utf-8")
-        count = writer.count
-    bar.close()
-    print(f"render: {count} figures -> {paths['report'] / 'index.html'}")
+        write_vega_bundle(tmp / BUNDLE_NAME, cache)
+        bar = tqdm(total=writer.count, desc="render", unit="figure", disable=None, file=sys.stderr)
+        stats = writer.run(cfg.worker_count(), lambda: bar.update(1))
+        bar.close()
+    elapsed = time.perf_counter() - started
+    print(
+        f"render: {writer.count} figures ({stats.drawn} drawn by {stats.workers} process(es), "
+        f"{stats.reused} reused) in {elapsed:.1f} s -> {paths['report'] / 'index.html'}"
+    )
 
 
-main = run_stage(configure, run, __name__)  # runs under `python -m pipeline.stages.*`
+# Render reads arrays from files and draws them: it never imports TensorFlow.
+main = run_stage(configure, run, __name__, tensorflow=False)
 _main = main.apply

@@ -2,12 +2,13 @@
 
 Writes ``paths.model`` (``.keras``), ``paths.evaluation`` (see
 :mod:`pipeline.artifacts.evaluation`) and the ``paths.live`` directory (dvclive:
-``metrics.json`` with test accuracy and loss; per-epoch curves under ``plots/metrics``
-when the model was trained).
+per-epoch curves under ``plots/metrics`` when the model was trained) and
+``<paths.metrics>/train.json``: test accuracy and loss, the DVC metric of this stage.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +147,14 @@ def run(task: TrainJob) -> None:
         )
         with out.write("evaluation") as tmp:
             write_evaluation(tmp, evaluation, job.config_yaml)
+        # The headline DVC metric of this stage (null where the data are unlabeled).
+        finite = bool(np.isfinite(scores.accuracy))
+        headline = {
+            "accuracy": float(scores.accuracy) if finite else None,
+            "loss": float(scores.loss) if finite else None,
+        }
+        with out.write("metrics/train.json") as tmp:
+            tmp.write_text(json.dumps(headline, indent=2))
         live.end()
     result = (
         "unlabeled"

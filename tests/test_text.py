@@ -1,0 +1,131 @@
+"""Text models (issue 17): attribution at the embedding output, summed over the
+embedding axis; Integrated Gradients complete over the tokens; maximization refused."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.attribution import integrated_gradients, saliency
+from pipeline.attribution.text import embed, embedding_layer, split_at_embedding, token_attribution
+from pipeline.errors import KerascopeError
+from pipeline.maximization.objectives import Objective
+from pipeline.maximization.optimize import maximize
+from pipeline.maximization.settings import Settings
+
+RNG = np.random.default_rng(0)
+
+
+def _sentiment(mask_zero=False):
+    """Tokens (12,) -> Embedding(30, 8) -> Conv1D -> pooling -> 2 logits."""
+    keras.utils.set_random_seed(7)
+    ids = keras.Input((12,), dtype="int32", name="tokens")
+    vectors = keras.layers.Embedding(30, 8, mask_zero=mask_zero, name="emb")(ids)
+    h = keras.layers.Conv1D(6, 3, activation="tanh", name="conv")(vectors)
+    h = keras.layers.GlobalAveragePooling1D(name="gap")(h)
+    return keras.Model(ids, keras.layers.Dense(2, name="logits")(h))
+
+
+def test_integrated_gradients_over_tokens_is_complete():
+    model = _sentiment()
+    ids = RNG.integers(1, 30, (4, 12))
+    assert embedding_layer(model) == "emb"
+    embedding, downstream = split_at_embedding(model)
+    x = embed(embedding, ids)
+    np.testing.assert_allclose(downstream(x), model(ids), atol=1e-6)  # same function
+    targets = np.array([0, 1, 1, 0])
+    ig = integrated_gradients(downstream, x, targets, steps=128)
+    tokens = token_attribution(ig.extras["attributions"])
+    assert tokens.shape == (4, 12)
+    # Completeness: the token attributions sum to f(ids) - f(zero embeddings).
+    logits = model(ids).numpy()[np.arange(4), targets]
+    zero = downstream(np.zeros_like(x)).numpy()[np.arange(4), targets]
+    np.testing.assert_allclose(tokens.sum(axis=1), logits - zero, atol=2e-3)
+    # Gradient methods start at the vectors too: saliency is |d logit / d vector|.
+    xt = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        picked = tf.gather(downstream(xt), targets, axis=1, batch_dims=1)
+    grads = np.abs(tape.gradient(picked, xt).numpy())
+    np.testing.assert_allclose(saliency(downstream, x, targets).maps, grads, atol=1e-6)
+
+
+def test_text_models_refuse_what_they_cannot_do_in_one_line():
+    with pytest.raises(KerascopeError, match="mask_zero=True"):
+        split_at_embedding(_sentiment(mask_zero=True))
+    images = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(2)]
+    )
+    with pytest.raises(KerascopeError, match="no Embedding layer fed by an integer input"):
+        split_at_embedding(images)
+    with pytest.raises(KerascopeError, match="needs a single image input|no gradient"):
+        maximize(_sentiment(), Objective("conv", "channel"), [0], (0, 1), Settings(steps=2))
+
+
+@pytest.mark.slow
+def test_text_model_through_dvc(tmp_path):
+    """Token ids from an npz file (data.tokens=true) and a trained Embedding classifier
+    of a known rule, through `dvc exp run`: maps at the embedding output, IG complete,
+    maximization skipped in one line."""
+    import json
+
+    import h5py
+    from conftest import SHRINK, copy_repo, run
+
+    ids = RNG.integers(1, 30, (300, 12))
+    y = ((ids == 5).sum(1) > (ids == 7).sum(1)).astype("int64")  # token 5 against token 7
+    np.savez(tmp_path / "tokens.npz", x=ids, y=y)
+    model = _sentiment()
+    model.compile("adam", "sparse_categorical_crossentropy")
+    model.fit(ids, y, epochs=20, verbose=0)
+    model.save(tmp_path / "text.keras")
+    repo = copy_repo(tmp_path / "repo", SHRINK)
+    proc = run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            "data=npz",
+            "-S",
+            f"data.path={tmp_path / 'tokens.npz'}",
+            "-S",
+            "data.tokens=true",
+            "-S",
+            "model=pretrained",
+            "-S",
+            f"model.path={tmp_path / 'text.keras'}",
+            "-S",
+            "attribute.methods=[saliency,integrated_gradients,gradcam]",
+            "-S",
+            "attribute.integrated_gradients.steps=64",
+            "-S",
+            "attribute.sanity.max_layers=1",
+        ],  # fmt: skip
+        repo,
+        timeout=600,
+    )
+    assert "note: token ids: attributing at the output of Embedding 'emb'" in proc.stdout
+    assert "maximize: inputs of shape (12,) are not images (H, W, C); skipped" in proc.stdout
+    with h5py.File(repo / "data" / "dataset.h5") as f:
+        probe = f["probe/x"][()]
+    np.testing.assert_array_equal(probe, np.round(probe))  # token ids kept, not scaled
+    with h5py.File(repo / "outputs" / "attributions.h5") as f:
+        vectors, targets = f["inputs"][()], f["targets"][()]
+        saliency_maps = f["methods/saliency/maps"][()]
+        ig = f["methods/integrated_gradients/maps"][()]
+        assert f["methods/gradcam/maps"].shape == (len(vectors), 12)
+    np.testing.assert_allclose(vectors, model.get_layer("emb")(probe.astype("int32")), atol=1e-6)
+    assert saliency_maps.shape == ig.shape == (len(vectors), 12, 8)
+    # Completeness over tokens: IG summed over the embedding axis adds up to
+    # logit(x) - logit(zero embeddings), computed here without the pipeline.
+    dense = model.get_layer("logits")
+    features = keras.Model(model.get_layer("emb").output, dense.input)
+    logits = lambda v: (features(v) @ dense.kernel + dense.bias).numpy()  # noqa: E731
+    rows = np.arange(len(targets))
+    change = logits(vectors)[rows, targets] - logits(np.zeros_like(vectors))[rows, targets]
+    np.testing.assert_allclose(token_attribution(ig).sum(axis=1), change, atol=2e-2)
+    metrics = json.loads((repo / "outputs" / "metrics" / "attribute.json").read_text())
+    assert metrics["integrated_gradients"]["completeness_error"] < 2e-2
