@@ -67,9 +67,17 @@ def test_queued_sweep_runs_in_parallel_and_reuses_untouched_stages(baseline_repo
         assert metrics["outputs/metrics/maximize.json"]["mean_reach_ratio"] > 0
         columns = [k for content in metrics.values() for k in _leaves(content)]
         assert len(columns) <= 28, columns
-    # `dvc exp show` stays readable: no metric column is elided.
-    table = run(["dvc", "exp", "show", "--only-changed", "--no-pager"], repo).stdout
-    assert "…" not in table.split("\n")[0]
+    # The README's headline view of `dvc exp show`: every run, every headline column, and
+    # no value elided.
+    keep = "Experiment|accuracy|dead_fraction|saturated_fraction|.*_auc|.*_passed|mean_reach_ratio"
+    table = run(
+        ["dvc", "exp", "show", "--no-pager", "--md", "--drop", ".*", "--keep", keep], repo
+    ).stdout
+    header = [c.strip() for c in table.splitlines()[0].strip("|").split("|")]
+    assert {"accuracy", "dead_fraction", "gradcam.insertion_auc", "mean_reach_ratio"} <= set(header)
+    assert len(header) == 25 and "…" not in table  # the name and 24 headline metrics
+    for name in exps:
+        assert name in table
     # The compare view, without arguments: the committed baseline and both members; the
     # workspace holds the baseline's results, so it is skipped as a duplicate.
     out = run([sys.executable, "-m", "pipeline.compare", "--out", "outputs/compare"], repo)
