@@ -1,9 +1,9 @@
-"""Why attribution methods sit above their floor: step size, host-side noise, upsampling.
+"""Why attribution methods sit above their floor: step size and upsampling.
 
-Times, interleaved as in bench_attribute.py, kerascope's default call against the same
-call with a bigger step (``batch_size``), the host-side SmoothGrad noise alone, the
-floor, and the upsampling of the raw CAM maps alone. Writes
-``benchmarks/results/attribute-diagnosis.json``.
+Times, interleaved as in bench_attribute.py, kerascope's default call (steps sized from
+the model's activations, noise drawn on the device) against the same call with the
+former fixed steps (``batch_size`` 64 and 128), the floor, and the upsampling of the raw
+CAM maps alone. Writes ``benchmarks/results/attribute-diagnosis.json``.
 
 Run: python benchmarks/diagnose_attribute.py
 """
@@ -17,7 +17,6 @@ import tensorflow as tf
 from bench_attribute import Floors, inputs, measure
 
 import pipeline.attribution as a
-from pipeline.attribution.gradients import smoothgrad_noise
 
 
 def main() -> None:
@@ -26,27 +25,21 @@ def main() -> None:
         m = common.keras3_model(name)
         fl = Floors(m, layer, False)
         x, t = inputs(m, "smoothgrad")
-        noise = smoothgrad_noise(x, 0.15, 16, 0)
         out[name + " smoothgrad"] = measure(
             {
-                "kerascope default (batch_size 64 -> 4 inputs/step)": partial(
-                    a.smoothgrad, m, x, t
+                "kerascope default (automatic step)": partial(a.smoothgrad, m, x, t),
+                "kerascope batch_size=64 (the former default: 4 inputs/step)": partial(
+                    a.smoothgrad, m, x, t, batch_size=64
                 ),
-                "kerascope batch_size=256 (16 inputs/step)": partial(
-                    a.smoothgrad, m, x, t, batch_size=256
-                ),
-                "host noise alone (smoothgrad_noise, all inputs)": partial(noise, 0, len(x)),
                 "floor (16 inputs/step, noise on device)": partial(fl.run, "smoothgrad", x, t),
             }
         )
         x, t = inputs(m, "integrated_gradients")
         out[name + " integrated_gradients"] = measure(
             {
-                "kerascope default (batch_size 128 -> 3 inputs/step)": partial(
-                    a.integrated_gradients, m, x, t
-                ),
-                "kerascope batch_size=256 (7 inputs/step)": partial(
-                    a.integrated_gradients, m, x, t, batch_size=256
+                "kerascope default (automatic step)": partial(a.integrated_gradients, m, x, t),
+                "kerascope batch_size=128 (the former default: 3 inputs/step)": partial(
+                    a.integrated_gradients, m, x, t, batch_size=128
                 ),
                 "floor (7 inputs/step)": partial(fl.run, "integrated_gradients", x, t),
             }

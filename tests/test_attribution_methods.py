@@ -144,8 +144,9 @@ def test_vargrad_and_squaregrad_match_numpy_over_the_same_noise():
     noise, samples, seed = 0.2, 5, 3
     stats = {"vargrad": [], "squaregrad": [], "smoothgrad": []}
     for i in range(len(x)):
-        # SmoothGrad's noise: one generator per input, scaled by the input's value range.
-        eps = np.random.default_rng([seed, i]).standard_normal((samples, 3, 3, 2))
+        # SmoothGrad's documented noise: one stateless Philox draw per input, keyed by
+        # [seed, i], scaled by the input's value range; drawn here eagerly, input by input.
+        eps = tf.random.stateless_normal((samples, 3, 3, 2), seed=[seed, i]).numpy()
         noisy = x[i] + (eps * noise * np.ptp(x[i])).astype(np.float32)
         grads = gradient(noisy, targets[i])
         stats["vargrad"].append(grads.var(axis=0).max(axis=-1))
@@ -636,11 +637,20 @@ def test_gradient_batches_fit_the_memory_budget_without_changing_results(monkeyp
     assert batching.gradient_rows(model, (8, 8, 1), 64, budget=4 * 284 * 5) == 5
     assert batching.gradient_rows(model, (8, 8, 1), 64, budget=1) == 1
     assert batching.gradient_rows(model, (8, 8, 1), 64) == 64  # the default budget: no change
+    # Unset rows: the step fills STEP_BUDGET (284 floats a row), within 16..1,024 rows.
+    assert batching.gradient_rows(model, (8, 8, 1), None) == 1024
+    monkeypatch.setattr(batching, "STEP_BUDGET", 4 * 284 * 40)
+    assert batching.gradient_rows(model, (8, 8, 1), None) == 40
+    monkeypatch.setattr(batching, "STEP_BUDGET", 4 * 284 * 3)
+    assert batching.gradient_rows(model, (8, 8, 1), None) == 16
     x = np.random.default_rng(23).random((5, 8, 8, 1)).astype("float32")
     targets = np.arange(5) % 4
     seen = []
     with batching.batch_progress(lambda done, total: seen.append(done)):
-        wide = smoothgrad(model, x, targets, samples=4), integrated_gradients(model, x, targets)
+        wide = (
+            smoothgrad(model, x, targets, samples=4, batch_size=64),
+            integrated_gradients(model, x, targets, batch_size=128),
+        )
     assert seen == [5, 3, 5]  # 64 // 4 and 128 // 33 inputs per step
     monkeypatch.setattr(batching, "MEMORY_BUDGET", 4 * 284 * 2)  # two rows per step
     seen.clear()

@@ -183,3 +183,25 @@ def test_stage_layout_reach_and_errors(tmp_path):
         with pytest.raises(KerascopeError) as info:
             _main(params)
         assert fragment in str(info.value)
+
+
+def test_jitter_alone_shifts_by_whole_pixels_with_reflected_borders():
+    """Every jittered batch is the input shifted by one (dy, dx) in [-2, 2]^2 (numpy pads)."""
+    import tensorflow as tf
+
+    from pipeline.maximization.regularizers import random_transform
+
+    images = rng.random((3, 7, 9, 2)).astype("float32")
+    padded = np.pad(images, [(0, 0), (2, 2), (2, 2), (0, 0)], mode="reflect")
+    seen = set()
+    for step in range(60):
+        out = random_transform(tf.constant(images), tf.constant([5, step]), jitter=2).numpy()
+        shifts = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if np.array_equal(out, padded[:, dy : dy + 7, dx : dx + 9])
+        ]
+        assert len(shifts) >= 1, f"step {step}: not a whole-pixel reflected shift"
+        seen.update(shifts)
+    assert len(seen) >= 20  # the shifts cover the square, not one corner of it

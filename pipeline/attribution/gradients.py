@@ -52,20 +52,28 @@ def saliency(model: keras.Model, x: np.ndarray, targets, **options) -> Attributi
     return Attribution(reduce_channels(grads, opts.reduce, is_image(np.asarray(x))))
 
 
-def _noisy_gradient_step(model: keras.Model, shape: tuple, score: str, samples: int):
-    """Compiled ``(batch, targets, noise) -> statistics`` of the gradients of noisy copies.
+def _noisy_gradient_step(
+    model: keras.Model, shape: tuple, score: str, samples: int, noise: float, seed: int
+):
+    """Compiled ``(batch, targets, index) -> statistics`` of the gradients of noisy copies.
 
     One gradient pass over all ``samples`` noisy copies of a batch yields SmoothGrad's
     mean |gradient|, SquareGrad's mean squared gradient and VarGrad's variance together.
+    The noise is drawn inside the step (see :func:`smoothgrad_noise`): drawn on the host
+    it cost a quarter of a call and a copy of every noisy input into the graph.
     """
 
     def build():
         grad = gradient_step(model, shape, score)
+        axes = list(range(1, len(shape) + 1))
+        expand = (-1,) + (1,) * (len(shape) + 1)
 
-        def step(batch, target, noise):
+        def step(batch, target, index):
+            span = tf.reduce_max(batch, axis=axes) - tf.reduce_min(batch, axis=axes)
+            eps = smoothgrad_noise(index, shape, samples, seed)
+            noisy = batch[:, None] + eps * tf.reshape(span * noise, expand)
             # (b, S, ...) -> (b * S, ...): all noisy copies of a batch in one gradient pass.
-            noisy = tf.reshape(batch[:, None] + noise, (-1, *shape))
-            grads, _ = grad(noisy, tf.repeat(target, samples))
+            grads, _ = grad(tf.reshape(noisy, (-1, *shape)), tf.repeat(target, samples))
             grads = tf.reshape(grads, (-1, samples, *shape))
             mean = tf.reduce_mean(grads, axis=1, keepdims=True)
             return (
@@ -79,32 +87,35 @@ def _noisy_gradient_step(model: keras.Model, shape: tuple, score: str, samples: 
 
     return compile_step(
         model,
-        ("noisy_gradients", score, shape, samples),
+        ("noisy_gradients", score, shape, samples, float(noise), int(seed)),
         build,
-        [spec(shape), spec((), tf.int32), spec((samples, *shape))],
+        [spec(shape), spec((), tf.int32), spec((), tf.int64)],
     )
 
 
-def smoothgrad_noise(x: np.ndarray, noise: float, samples: int, seed: int):
-    """SmoothGrad's noise, made batch by batch: a ``per_batch`` for :func:`run_batched`.
+def smoothgrad_noise(index, shape: tuple, samples: int, seed: int) -> tf.Tensor:
+    """Standard normal noise for SmoothGrad's copies, keyed by each input's position.
 
-    Input ``i`` gets ``default_rng([seed, i]).standard_normal((samples, *shape))`` times
-    ``noise`` times its value range (max - min), whatever the batch size.
+    Input ``i`` gets ``tf.random.stateless_normal((samples, *shape), seed=[seed, i])``
+    (Philox, the same on every device), so its noise does not depend on how the inputs
+    are batched or split across replicas. Callers scale it by ``noise`` times each
+    input's value range (max - min), as in the paper.
+
+    Args:
+        index: Positions of the inputs, (b,) int64.
+        shape: Shape of one input.
+        samples: Noisy copies per input.
+        seed: The run's seed.
+
+    Returns:
+        (b, samples, *shape) float32 noise.
     """
-    axes = tuple(range(1, x.ndim))
-    span = (x.max(axis=axes, keepdims=True) - x.min(axis=axes, keepdims=True)).astype(np.float32)
-
-    def noise_of(a: int, b: int) -> tuple[np.ndarray]:
-        # One generator per input: its noise does not depend on how inputs are batched.
-        eps = np.stack(
-            [
-                np.random.default_rng([seed, i]).standard_normal((samples, *x.shape[1:]))
-                for i in range(a, b)
-            ]
-        ).astype(np.float32)
-        return (eps * (span[a:b] * noise)[:, None],)
-
-    return noise_of
+    key = tf.constant(int(seed), tf.int64)
+    return tf.map_fn(
+        lambda i: tf.random.stateless_normal((samples, *shape), seed=tf.stack([key, i])),
+        tf.cast(index, tf.int64),
+        fn_output_signature=tf.float32,
+    )
 
 
 def _noisy_gradients(method: str, model: keras.Model, x, targets, options: dict):
@@ -116,11 +127,13 @@ def _noisy_gradients(method: str, model: keras.Model, x, targets, options: dict)
     opts, common = resolve(method, options)
     targets = check_targets(model, targets, len(x), x)
     x = np.asarray(x, np.float32)
-    fn = _noisy_gradient_step(model, x.shape[1:], common["score"], opts.samples)
+    fn = _noisy_gradient_step(
+        model, x.shape[1:], common["score"], opts.samples, opts.noise, common["seed"]
+    )
     rows = gradient_rows(model, x.shape[1:], common["batch_size"])
     per_step = max(1, rows // opts.samples)
-    noise_of = smoothgrad_noise(x, opts.noise, opts.samples, common["seed"])
-    stats = run_batched(fn, [x, targets], per_step, per_batch=noise_of)
+    index = np.arange(len(x), dtype=np.int64)
+    stats = run_batched(fn, [x, targets, index], per_step)
     return opts, x, dict(zip(("abs", "square", "variance"), stats, strict=True))
 
 

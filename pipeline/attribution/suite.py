@@ -168,6 +168,16 @@ def evaluate(
     return values
 
 
+def sanity_inputs(n: int, max_inputs: int | None) -> np.ndarray:
+    """Indices of the inputs the sanity cascade runs on: all, or ``max_inputs`` evenly spaced.
+
+    Evenly spaced rather than the first ones, because probe sets are ordered by class.
+    """
+    if max_inputs is None or n <= max_inputs:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, max_inputs).round().astype(int))
+
+
 def explain(
     model: keras.Model,
     x: np.ndarray,
@@ -177,7 +187,7 @@ def explain(
     score: str = "logits",
     layer: str | None = None,
     seed: int = 0,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     faithfulness: FaithfulnessOptions | None = None,
     sanity: SanityOptions | None = None,
     metrics: MetricsOptions | None = None,
@@ -199,7 +209,8 @@ def explain(
         score: ``logits`` or ``probabilities`` (methods that take a score).
         layer: The CAM layer (None: :func:`pipeline.graph.default_cam_layer`).
         seed: Seed of the noisy methods, the random ranking and the random weights.
-        batch_size: Inputs per compiled step.
+        batch_size: Rows per compiled step (None: each method's default, sized from the
+            model for the gradient methods and CAMs).
         faithfulness: Deletion/insertion settings (None or disabled: skipped).
         sanity: Sanity-check settings (None or disabled: skipped).
         metrics: Further metrics (None or disabled: skipped).
@@ -236,22 +247,23 @@ def explain(
                 maps,
                 steps=faithfulness.steps,
                 substrate_kind=faithfulness.substrate,
-                batch_size=max(batch_size, 256),
+                batch_size=max(batch_size or 256, 256),
             )
             if name != "random":
                 tick(f"{name} deletion/insertion")
     if sanity is not None and sanity.enabled:
+        checked = sanity_inputs(len(x), sanity.max_inputs)
         for name in calls:
             try:
                 explanation.sanity[name] = randomization_sanity(
                     model,
-                    x,
-                    targets,
+                    x[checked],
+                    np.asarray(targets)[checked],
                     runner(name),
                     max_layers=sanity.max_layers,
                     steps=sanity.steps,
                     seed=seed,
-                    original=results[name].maps,
+                    original=np.asarray(results[name].maps)[checked],
                 )
             except SanityUnavailable as exc:
                 explanation.sanity_skipped = str(exc)
@@ -268,7 +280,7 @@ def explain(
                 method=runner(name) if name in calls else None,
                 score=score,
                 seed=seed,
-                batch_size=max(batch_size, 256),
+                batch_size=max(batch_size or 256, 256),
             )
             if name != "random":
                 tick(f"{name} metrics")

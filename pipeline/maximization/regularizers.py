@@ -43,6 +43,31 @@ def blur_penalty(images: tf.Tensor, sigma: float = 1.0) -> tf.Tensor:
     return tf.reduce_mean((images - tf.stop_gradient(blurred)) ** 2, axis=[1, 2, 3])
 
 
+def shift_pixels(images: tf.Tensor, seed: tf.Tensor, jitter: int) -> tf.Tensor:
+    """Shift all images of a batch by one random whole-pixel offset, borders reflected.
+
+    Args:
+        images: (B, H, W, C).
+        seed: Stateless seed, shape (2,).
+        jitter: Maximum shift in pixels along each axis (both directions).
+
+    Returns:
+        Images of the same shape: pixel (y, x) holds the input's (y + dy, x + dx),
+        reflected at the borders, with dx, dy uniform in [-jitter, jitter].
+    """
+    if jitter < 1:
+        return images
+    height, width = images.shape[1], images.shape[2]
+    reach = min(jitter, height - 1, width - 1)  # REFLECT pads less than the image size
+    if reach < 1:
+        return images
+    offset = tf.random.stateless_uniform(
+        [2], seed=seed, minval=0, maxval=2 * reach + 1, dtype=tf.int32
+    )
+    padded = tf.pad(images, [[0, 0], [reach, reach], [reach, reach], [0, 0]], mode="REFLECT")
+    return padded[:, offset[0] : offset[0] + height, offset[1] : offset[1] + width, :]
+
+
 def random_transform(
     images: tf.Tensor,
     seed: tf.Tensor,
@@ -53,7 +78,10 @@ def random_transform(
     """Jitter, scale and rotate all images of a batch by one random affine transform.
 
     The transform depends only on ``seed`` (the step), not on the batch, so a unit sees
-    the same transforms whether it is optimised alone or with others.
+    the same transforms whether it is optimised alone or with others. Jitter alone (no
+    zoom, no rotation) shifts by whole pixels with reflected borders, as Lucid's jitter
+    (Olah et al. 2017): a pad and a slice, whose gradient is a slice, instead of a
+    bilinear resampling, which cost a third of a small model's optimisation step.
 
     Args:
         images: (B, H, W, C).
@@ -64,6 +92,8 @@ def random_transform(
     """
     if not jitter and scale == (1.0, 1.0) and not rotate:
         return images
+    if scale == (1.0, 1.0) and not rotate:
+        return shift_pixels(images, seed, int(jitter))
     u = tf.random.stateless_uniform([4], seed=seed, minval=-1.0, maxval=1.0)
     height, width = images.shape[1], images.shape[2]
     angle = u[0] * rotate * math.pi / 180.0

@@ -55,12 +55,12 @@ def run(job: Job[AttributeOptions]) -> None:
         if cfg.head.active:  # one score column, explained as class 0 (README: Model kinds)
             model = with_head(model, cfg.head, cfg.score)
         target = "0" if cfg.head.active else str(cfg.target)
-        targets = choose_targets(target, model, x, inputs.y, cfg.batch_size)
+        targets = choose_targets(target, model, x, inputs.y, cfg.batch_size or 256)
         keras.utils.set_random_seed(job.seed)
         if cfg.head.active:  # the explained score itself, (N, 1)
-            probabilities = explained_scores(model, x, cfg.batch_size)
+            probabilities = explained_scores(model, x, cfg.batch_size or 256)
         else:
-            probabilities = class_probabilities(model, x, cfg.batch_size)
+            probabilities = class_probabilities(model, x, cfg.batch_size or 256)
         bars = _progress_bars(cfg, tqdm)
         started = time.perf_counter()
         attrs = {
