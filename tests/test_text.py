@@ -1,5 +1,7 @@
 """Text models (issue 17): attribution at the embedding output, summed over the
-embedding axis; Integrated Gradients complete over the tokens; maximization refused."""
+embedding axis; Integrated Gradients complete over the tokens; maximization refused;
+token ids, per-token attributions and a vocabulary stored for the report, which shows
+coloured tokens (escaped); a synthetic data set of a known rule and a zoo text model."""
 
 from __future__ import annotations
 
@@ -9,11 +11,19 @@ import pytest
 import tensorflow as tf
 
 from pipeline.attribution import integrated_gradients, saliency
-from pipeline.attribution.text import embed, embedding_layer, split_at_embedding, token_attribution
+from pipeline.attribution.text import (
+    embed,
+    embedding_layer,
+    per_token,
+    split_at_embedding,
+    token_attribution,
+)
 from pipeline.errors import KerascopeError
 from pipeline.maximization.objectives import Objective
 from pipeline.maximization.optimize import maximize
 from pipeline.maximization.settings import Settings
+from pipeline.render.report import Section, build_html
+from pipeline.render.tokens import token_row
 
 RNG = np.random.default_rng(0)
 
@@ -129,3 +139,63 @@ def test_text_model_through_dvc(tmp_path):
     np.testing.assert_allclose(token_attribution(ig).sum(axis=1), change, atol=2e-2)
     metrics = json.loads((repo / "outputs" / "metrics" / "attribute.json").read_text())
     assert metrics["integrated_gradients"]["completeness_error"] < 2e-2
+
+
+def test_integrated_gradients_per_token_of_a_bag_of_embeddings_has_a_closed_form():
+    """Mean-pooled embeddings and a linear head: logit_c(ids) = mean_t E[id_t] . W_c + b_c
+    is linear in the vectors, so IG from the zero baseline gives token t exactly
+    E[id_t] . W_c / L, whatever the number of steps."""
+    vocab, dim, length = 6, 3, 5
+    table = np.arange(vocab * dim, dtype="float32").reshape(vocab, dim) / 10 - 0.8
+    kernel = np.array([[1.0, -2.0], [0.5, 1.0], [-1.0, 0.25]], "float32")
+    ids_in = keras.Input((length,), dtype="int32")
+    vectors = keras.layers.Embedding(vocab, dim, name="emb")(ids_in)
+    pooled = keras.layers.GlobalAveragePooling1D()(vectors)
+    model = keras.Model(ids_in, keras.layers.Dense(2, name="head")(pooled))
+    model.get_layer("emb").set_weights([table])
+    model.get_layer("head").set_weights([kernel, np.array([0.3, -0.1], "float32")])
+    ids = np.array([[1, 2, 3, 0, 0], [5, 5, 4, 1, 0]])
+    targets = np.array([0, 1])
+    embedding, downstream = split_at_embedding(model)
+    ig = integrated_gradients(downstream, embed(embedding, ids), targets, steps=4)
+    tokens = per_token(ig.maps, length)
+    expected = (table[ids] @ kernel)[np.arange(2), :, targets] / length
+    np.testing.assert_allclose(tokens, expected, atol=1e-5)
+    np.testing.assert_array_equal(per_token(expected, length), expected)  # CAMs: kept
+    with pytest.raises(KerascopeError, match="not per token"):
+        per_token(np.zeros((2, 4, 3)), length)
+
+
+def test_token_rows_hide_padding_colour_by_sign_and_escape_in_the_report():
+    vocab = ["<pad>", "good", "<script>alert(1)</script>", "film"]
+    row = token_row(np.array([2, 1, 3, 9, 0, 0]), np.array([-0.5, 1.0, 0.0, 0.25, 7.0, 7.0]), vocab)
+    # Padding (id 0) is hidden, even with a large value; an id beyond the vocabulary shows as #id.
+    assert [t for t, _, _ in row] == ["<script>alert(1)</script>", "good", "film", "#9"]
+    # Own scale per row (the largest shown magnitude, 1.0); red up, blue down, 0.85 at most.
+    assert row[0][2] == "rgba(33,102,172,0.425)"
+    assert row[1][2] == "rgba(178,24,43,0.850)"
+    assert row[3][2] == "rgba(178,24,43,0.212)"
+    assert [t for t, _, _ in token_row(np.array([3, 4]), np.ones(2), None)] == ["#3", "#4"]
+    sec = Section("Attributions", "attributions")
+    sec.tokens([("saliency <b>", row)])
+    page = build_html("t", "s", [sec])
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+    assert "saliency &lt;b&gt;" in page
+    assert 'style="background:rgba(178,24,43,0.850)" title="good: +1">good</span>' in page
+
+
+def test_synthetic_text_follows_its_rule_and_text_cnn_takes_its_vocabulary():
+    from pipeline.data import PAD_ID, TEXT_NEGATIVE, TEXT_POSITIVE, DataOptions, load_source
+
+    raw = load_source("synthetic_text", {"size": 300, "length": 10})
+    assert raw.x.shape == (300, 10) and raw.class_names == ["negative", "positive"]
+    words = np.array(raw.vocab)[raw.x.astype(int)]
+    positive, negative = np.isin(words, TEXT_POSITIVE), np.isin(words, TEXT_NEGATIVE)
+    np.testing.assert_array_equal(positive.sum(1) + negative.sum(1), 1)  # one decisive word
+    np.testing.assert_array_equal(raw.y, positive.sum(1))
+    assert raw.vocab[PAD_ID] == "<pad>" and (words[:, -1] == "<pad>").mean() > 0.3
+    assert 0.35 < raw.y.mean() < 0.65
+    with pytest.raises(KerascopeError, match="'data.length' = 4 is too short"):
+        DataOptions(name="synthetic_text", length=4).check()
+    with pytest.raises(KerascopeError, match="data source 'synthetic_txt'.*synthetic_text"):
+        DataOptions(name="synthetic_txt").check()
