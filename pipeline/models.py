@@ -163,18 +163,16 @@ def text_cnn(
         )
     if vocab_size <= 0:
         raise ValueError("model.vocab_size must be positive (0: taken from the data)")
-    return keras.Sequential(
-        [
-            keras.Input(tuple(input_shape), dtype="int32", name="tokens"),
-            keras.layers.Embedding(int(vocab_size), int(embedding_dim), name="embedding"),
-            keras.layers.Conv1D(
-                int(filters), int(kernel_size), padding="same", activation="relu", name="conv"
-            ),
-            keras.layers.GlobalMaxPooling1D(name="pool"),
-            keras.layers.Dense(num_classes, activation="softmax", name="predictions"),
-        ],
-        name="text_cnn",
-    )
+    # Functional, not Sequential: attribution rebuilds the model from the embedding's
+    # output on (pipeline.attribution.text.split_at_embedding).
+    ids = keras.Input(tuple(input_shape), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(int(vocab_size), int(embedding_dim), name="embedding")(ids)
+    x = keras.layers.Conv1D(
+        int(filters), int(kernel_size), padding="same", activation="relu", name="conv"
+    )(x)
+    x = keras.layers.GlobalMaxPooling1D(name="pool")(x)
+    out = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(ids, out, name="text_cnn")
 
 
 BUILDERS = {

@@ -86,7 +86,10 @@ def test_text_model_through_dvc(tmp_path):
 
     ids = RNG.integers(1, 30, (300, 12))
     y = ((ids == 5).sum(1) > (ids == 7).sum(1)).astype("int64")  # token 5 against token 7
-    np.savez(tmp_path / "tokens.npz", x=ids, y=y)
+    # A hostile vocabulary: the report must show these strings as text.
+    vocab = ["<pad>", *(f"w{i}" for i in range(1, 30))]
+    vocab[5], vocab[7] = "<script>alert(1)</script>", '"><img src=x onerror=alert(2)>'
+    np.savez(tmp_path / "tokens.npz", x=ids, y=y, vocab=np.array(vocab))
     model = _sentiment()
     model.compile("adam", "sparse_categorical_crossentropy")
     model.fit(ids, y, epochs=20, verbose=0)
@@ -121,12 +124,16 @@ def test_text_model_through_dvc(tmp_path):
     assert "maximize: inputs of shape (12,) are not images (H, W, C); skipped" in proc.stdout
     with h5py.File(repo / "data" / "dataset.h5") as f:
         probe = f["probe/x"][()]
+        assert [w.decode() for w in f["vocab"][()]] == vocab
     np.testing.assert_array_equal(probe, np.round(probe))  # token ids kept, not scaled
     with h5py.File(repo / "outputs" / "attributions.h5") as f:
         vectors, targets = f["inputs"][()], f["targets"][()]
         saliency_maps = f["methods/saliency/maps"][()]
         ig = f["methods/integrated_gradients/maps"][()]
         assert f["methods/gradcam/maps"].shape == (len(vectors), 12)
+        np.testing.assert_array_equal(f["tokens"][()], probe)  # the ids, for the report
+        per_token_ig = f["methods/integrated_gradients/tokens"][()]
+        np.testing.assert_array_equal(f["methods/gradcam/tokens"], f["methods/gradcam/maps"])
     np.testing.assert_allclose(vectors, model.get_layer("emb")(probe.astype("int32")), atol=1e-6)
     assert saliency_maps.shape == ig.shape == (len(vectors), 12, 8)
     # Completeness over tokens: IG summed over the embedding axis adds up to
@@ -137,8 +144,18 @@ def test_text_model_through_dvc(tmp_path):
     rows = np.arange(len(targets))
     change = logits(vectors)[rows, targets] - logits(np.zeros_like(vectors))[rows, targets]
     np.testing.assert_allclose(token_attribution(ig).sum(axis=1), change, atol=2e-2)
+    np.testing.assert_allclose(per_token_ig.sum(axis=1), change, atol=2e-2)
     metrics = json.loads((repo / "outputs" / "metrics" / "attribute.json").read_text())
     assert metrics["integrated_gradients"]["completeness_error"] < 2e-2
+    # The report: a row of coloured tokens per input and method; hostile tokens escaped.
+    page = (repo / "outputs" / "report" / "index.html").read_text()
+    shown = min(4, len(probe))  # SHRINK's render.max_attribution_inputs
+    for method in ("saliency", "integrated_gradients", "gradcam"):
+        assert page.count(f'<span class="tok-label">{method}</span>') == shown
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;</span>" in page
+    assert "&quot;&gt;&lt;img src=x onerror=alert(2)&gt;</span>" in page
+    assert "<script>alert" not in page and "<img src=x" not in page
+    assert f">{vocab[int(probe[0, 0])]}</span>" in page or int(probe[0, 0]) in (5, 7)
 
 
 def test_integrated_gradients_per_token_of_a_bag_of_embeddings_has_a_closed_form():
@@ -199,3 +216,61 @@ def test_synthetic_text_follows_its_rule_and_text_cnn_takes_its_vocabulary():
         DataOptions(name="synthetic_text", length=4).check()
     with pytest.raises(KerascopeError, match="data source 'synthetic_txt'.*synthetic_text"):
         DataOptions(name="synthetic_txt").check()
+
+
+@pytest.mark.slow
+def test_synthetic_text_and_text_cnn_through_dvc(tmp_path):
+    """`dvc exp run -S data=synthetic_text -S model=text_cnn`, as the README says: the
+    trained model's attributions single out the one sentiment word that decides each
+    review's label (the data's rule, known independently of the model), and the report
+    colours it most strongly, in red, for Integrated Gradients."""
+    import re
+
+    import h5py
+    from conftest import SHRINK, copy_repo, run
+
+    from pipeline.data import TEXT_NEGATIVE, TEXT_POSITIVE
+
+    repo = copy_repo(tmp_path / "repo", SHRINK)
+    run(
+        [
+            "dvc",
+            "exp",
+            "run",
+            "-S",
+            "data=synthetic_text",
+            "-S",
+            "data.size=1000",
+            "-S",
+            "model=text_cnn",
+            "-S",
+            "train.epochs=5",
+            "-S",
+            "attribute.methods=[saliency,integrated_gradients,gradcam]",
+            "-S",
+            "attribute.integrated_gradients.steps=32",
+        ],  # fmt: skip
+        repo,
+        timeout=600,
+    )
+    with h5py.File(repo / "data" / "dataset.h5") as f:
+        vocab = [w.decode() for w in f["vocab"][()]]
+    with h5py.File(repo / "outputs" / "attributions.h5") as f:
+        ids, labels = f["tokens"][()], f["labels"][()]
+        targets = f["targets"][()]
+        ig = f["methods/integrated_gradients/tokens"][()]
+        assert f["methods/saliency/tokens"].shape == f["methods/gradcam/tokens"].shape == ids.shape
+    words = np.array(vocab)[ids]
+    decisive = np.isin(words, TEXT_POSITIVE + TEXT_NEGATIVE)
+    np.testing.assert_array_equal(decisive.sum(axis=1), 1)
+    np.testing.assert_array_equal(np.isin(words, TEXT_POSITIVE).sum(axis=1), labels)  # the rule
+    np.testing.assert_array_equal(targets, labels)  # the model learned it on the probe set
+    # The decisive word gets the largest attribution, and it speaks for the target.
+    np.testing.assert_array_equal(ig.argmax(axis=1), decisive.argmax(axis=1))
+    page = (repo / "outputs" / "report" / "index.html").read_text()
+    for method in ("saliency", "integrated_gradients", "gradcam"):
+        assert page.count(f'<span class="tok-label">{method}</span>') == len(ids)
+    rows = re.findall(r'tok-label">integrated_gradients</span>(.*?)</div>', page)
+    for row, word in zip(rows, words[decisive], strict=True):
+        assert f'style="background:rgba(178,24,43,0.850)" title="{word}: ' in row
+    assert "&lt;pad&gt;" not in page  # padding hidden
