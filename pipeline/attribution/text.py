@@ -63,6 +63,16 @@ def split_at_embedding(model: keras.Model, layer: str | None = None):
             f"Embedding '{layer}' has mask_zero=True: the downstream layers also read the "
             "token ids' mask; rebuild it with mask_zero=False for attribution"
         )
+    if isinstance(model, keras.Sequential):
+        # A loaded Sequential's layer outputs do not lead to its outputs; its layers
+        # after the embedding are called again on the vectors (same variables).
+        vectors = keras.Input(tuple(embedding.output.shape[1:]), name=f"{layer}_vectors")
+        h, after = vectors, False
+        for inner in model.layers:
+            if after:
+                h = inner(h)
+            after = after or inner is embedding
+        return embedding, keras.Model(vectors, h, name=f"{model.name}_text")
     try:
         outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
         downstream = keras.Model(embedding.output, outputs, name=f"{model.name}_text")
