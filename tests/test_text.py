@@ -294,3 +294,26 @@ def test_synthetic_text_and_text_cnn_through_dvc(tmp_path):
     for row, word in zip(rows, words[decisive], strict=True):
         assert f'style="background:rgba(178,24,43,0.850)" title="{word}: ' in row
     assert "&lt;pad&gt;" not in page  # padding hidden
+
+
+def test_text_cnn_takes_its_vocabulary_from_the_data_or_refuses_in_one_line():
+    from pipeline.artifacts.dataset import DatasetInfo
+    from pipeline.models import build_model
+    from pipeline.stages.train import _vocab_size
+
+    def info(lo, hi, vocab=None):
+        return DatasetInfo("d", ["a", "b"], (16,), (lo, hi), "sha256:x", vocab=vocab)
+
+    assert _vocab_size(0, info(0, 37)) == 38
+    assert _vocab_size(0, info(0, 37, ["w"] * 50)) == 50  # ids the probe set never shows
+    assert _vocab_size(100, info(0, 37)) == 100
+    with pytest.raises(KerascopeError, match="model.vocab_size=20 but the data hold token id 37"):
+        _vocab_size(20, info(0, 37))
+    with pytest.raises(KerascopeError, match="are not token ids.*data=synthetic_text"):
+        _vocab_size(0, info(0, 0.5))
+    with pytest.raises(KerascopeError, match=r"cannot be built.*token ids of shape \(T,\)"):
+        build_model("text_cnn", (8, 8, 1), 2, vocab_size=10)
+    model = build_model("text_cnn", (16,), 2, vocab_size=40)
+    assert embedding_layer(model) == "embedding"
+    out = model(RNG.integers(0, 40, (3, 16)))
+    np.testing.assert_allclose(np.sum(out, axis=1), 1.0, atol=1e-5)
