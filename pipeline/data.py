@@ -27,7 +27,19 @@ from pipeline.errors import (
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("mnist_sample", "mnist", "fashion_mnist", "cifar10", "npz", "image_folder", "digits")
+SOURCES = (
+    "mnist_sample",
+    "mnist",
+    "fashion_mnist",
+    "cifar10",
+    "npz",
+    "image_folder",
+    "digits",
+    "synthetic_text",
+)
+
+#: The token id of padding (Keras's convention: ``pad_sequences`` and ``mask_zero``).
+PAD_ID = 0
 
 MNIST_CLASSES = [str(i) for i in range(10)]
 FASHION_CLASSES = [
@@ -69,6 +81,8 @@ class RawData:
         class_names: One name per class index.
         official_test: An official (x, y) test split, if the source defines one.
         source: Where the data came from (a path or package), for provenance.
+        skipped: Unreadable files skipped (image folders).
+        vocab: For token ids (text data): the token string of each id, or None.
     """
 
     x: np.ndarray
@@ -77,6 +91,7 @@ class RawData:
     official_test: tuple[np.ndarray, np.ndarray] | None = None
     source: str = ""
     skipped: list[str] = field(default_factory=list)
+    vocab: list[str] | None = None
 
 
 def to_unit_range(x: np.ndarray) -> np.ndarray:
@@ -319,6 +334,7 @@ def load_npz(
     y_key: str | None = "y",
     class_names=None,
     tokens: bool = False,
+    vocab_key: str | None = "vocab",
 ) -> RawData:
     """The user's own arrays from an ``.npz`` file.
 
@@ -326,11 +342,12 @@ def load_npz(
     [0, 1] by :func:`integer_scale`, unless ``tokens`` (token ids for a text model: kept
     as they are, exactly representable in float32 below 2**24). ``y_key`` None means
     unlabeled (all -1). Labels go through :func:`check_labels`. Pickled (object) arrays
-    are never loaded.
+    are never loaded. With ``tokens``, an array ``vocab_key`` of strings (if the file
+    has one) names each token id, for the report.
 
     Raises:
         KerascopeError: Missing or unreadable file, a ``.npy`` file, a missing key,
-            object or 0-d arrays, or bad labels.
+            object or 0-d arrays, bad labels, or a vocabulary that is not 1-D strings.
     """
     path = Path(path)
     if not path.exists():
@@ -362,6 +379,7 @@ def load_npz(
         try:
             x = archive[x_key]
             y = archive[y_key] if y_key else None
+            vocab = archive[vocab_key] if tokens and vocab_key and vocab_key in keys else None
         except ValueError:
             raise KerascopeError(
                 f"an array in '{path}' holds Python objects (dtype object), which would need "
@@ -387,7 +405,72 @@ def load_npz(
     y, names, note = check_labels(y, len(x), class_names, f"in '{path}' ('{y_key}')")
     if note:
         print(f"data: {note}")
-    return RawData(x, y, names, source=str(path))
+    if vocab is not None:
+        vocab = check_vocab(vocab, f"'{vocab_key}' in '{path}'")
+    return RawData(x, y, names, source=str(path), vocab=vocab)
+
+
+def check_vocab(vocab: np.ndarray, where: str) -> list[str]:
+    """A vocabulary array (token string per id) as a list of str.
+
+    Raises:
+        KerascopeError: Not a 1-D array of strings.
+    """
+    vocab = np.asarray(vocab)
+    if vocab.ndim != 1 or vocab.dtype.kind not in "US":
+        raise KerascopeError(
+            f"vocabulary {where} has shape {vocab.shape} and dtype {vocab.dtype}; expected a "
+            "1-D array of strings (the token of each id): np.savez(..., vocab=np.array(words))"
+        )
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in vocab]
+
+
+#: The synthetic reviews' words: fillers say nothing about the label; exactly one
+#: sentiment word per review decides it.
+# fmt: off
+TEXT_FILLERS = (
+    "the", "a", "this", "movie", "film", "plot", "actor", "story", "music", "scene",
+    "ending", "cast", "director", "was", "is", "and", "but", "very", "quite", "it",
+    "really", "rather", "of", "in", "with", "to", "i", "found", "seemed", "felt",
+)
+# fmt: on
+TEXT_POSITIVE = ("good", "great", "excellent", "wonderful")
+TEXT_NEGATIVE = ("bad", "awful", "boring", "terrible")
+
+
+def load_synthetic_text(size: int = 2000, length: int = 16, seed: int = 17) -> RawData:
+    """Synthetic reviews with a known rule, as token ids for a text model.
+
+    Each review holds 5 to ``length - 1`` filler words and exactly one sentiment word at
+    a random place, padded with id :data:`PAD_ID` at the end to ``length``. The label is
+    the sentiment word's side (0 negative, 1 positive), so a model that learned the rule
+    attributes its decision to that one token: a ground truth for attribution, in the
+    spirit of the synthetic benchmarks of Adebayo et al. (2018). The draw is fixed by
+    ``seed``, not by the split seed, so the data set is the same in every experiment.
+
+    Returns:
+        Token ids (N, length) float32 (whole numbers), labels, ``negative``/``positive``
+        and the vocabulary (``<pad>``, fillers, positive words, negative words).
+    """
+    rng = np.random.default_rng(seed)
+    vocab = ["<pad>", *TEXT_FILLERS, *TEXT_POSITIVE, *TEXT_NEGATIVE]
+    fillers = np.arange(1, 1 + len(TEXT_FILLERS))
+    positive = np.arange(len(fillers) + 1, len(fillers) + 1 + len(TEXT_POSITIVE))
+    negative = positive + len(TEXT_POSITIVE)
+    x = np.full((size, length), PAD_ID, np.int64)
+    y = rng.integers(0, 2, size)
+    for i in range(size):
+        words = rng.integers(5, length)  # fillers in this review
+        sentiment = rng.choice(positive if y[i] else negative)
+        review = np.insert(rng.choice(fillers, words), rng.integers(0, words + 1), sentiment)
+        x[i, : len(review)] = review
+    return RawData(
+        x.astype(np.float32),
+        y.astype(np.int64),
+        ["negative", "positive"],
+        source="kerascope synthetic reviews",
+        vocab=vocab,
+    )
 
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
@@ -673,6 +756,10 @@ class DataOptions:
         skip_bad: Skip (and list) unreadable images instead of stopping.
         allow_download: Let ``keras.datasets`` download a missing data set.
         tokens: The ``.npz`` inputs are token ids (a text model): not scaled to [0, 1].
+        vocab_key: With ``tokens``: the ``.npz`` array of token strings, one per id
+            (absent from the file: the report shows ids).
+        size: ``synthetic_text``: how many reviews.
+        length: ``synthetic_text``: tokens per review (padded).
     """
 
     name: str = "mnist_sample"
@@ -689,6 +776,9 @@ class DataOptions:
     skip_bad: bool = False
     allow_download: bool = True
     tokens: bool = False
+    vocab_key: str | None = "vocab"
+    size: int = 2000
+    length: int = 16
 
     def check(self, prefix: str = "data") -> None:
         """Raise a one-line error for an invalid value."""
@@ -711,6 +801,13 @@ class DataOptions:
         for side in self.image_size:
             check_positive(f"{prefix}.image_size", side, at_most=4096)
         check_choice(f"{prefix}.color_mode", self.color_mode, ("rgb", "grayscale"))
+        check_positive(f"{prefix}.size", self.size)
+        check_positive(f"{prefix}.length", self.length)
+        if self.length < 6:
+            raise KerascopeError(
+                f"'{prefix}.length' = {self.length} is too short: a synthetic review holds at "
+                "least 5 filler words and one sentiment word; use 6 or more"
+            )
         if self.name in ("npz", "image_folder") and not self.path:
             raise KerascopeError(f"data source '{self.name}' needs {prefix}.path")
 
@@ -738,7 +835,10 @@ def load_source(name: str, options: dict) -> RawData:
             options.get("y_key"),
             options.get("class_names"),
             options.get("tokens", False),
+            options.get("vocab_key", "vocab"),
         )
+    if name == "synthetic_text":
+        return load_synthetic_text(options.get("size", 2000), options.get("length", 16))
     if name == "image_folder":
         return load_image_folder(
             options["path"],

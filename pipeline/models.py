@@ -138,7 +138,50 @@ def lstm(
     return keras.Sequential(layers, name="lstm")
 
 
-BUILDERS = {"mnist_cnn": mnist_cnn, "vgg_small": vgg_small, "mlp": mlp, "lstm": lstm}
+def text_cnn(
+    input_shape: Sequence[int],
+    num_classes: int,
+    vocab_size: int = 0,
+    embedding_dim: int = 16,
+    filters: int = 16,
+    kernel_size: int = 3,
+) -> keras.Model:
+    """A small text classifier after Kim (2014): Embedding > Conv1D > max pool > Dense.
+
+    Token ids (T,) -> Embedding -> Conv1D(relu) -> global max pooling -> Dense(softmax).
+
+    ``vocab_size`` 0 means "from the data" (the train stage passes the largest token id
+    + 1). The embedding keeps ``mask_zero=False``, so attribution can start at its output
+    (``pipeline.attribution.text``); padding (id 0) is a token the model learns to ignore.
+    """
+    import keras
+
+    if len(input_shape) != 1:
+        raise ValueError(
+            f"text_cnn reads token ids of shape (T,), not {tuple(input_shape)} "
+            "(use data=synthetic_text, or data=npz with data.tokens=true)"
+        )
+    if vocab_size <= 0:
+        raise ValueError("model.vocab_size must be positive (0: taken from the data)")
+    # Functional, not Sequential: attribution rebuilds the model from the embedding's
+    # output on (pipeline.attribution.text.split_at_embedding).
+    ids = keras.Input(tuple(input_shape), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(int(vocab_size), int(embedding_dim), name="embedding")(ids)
+    x = keras.layers.Conv1D(
+        int(filters), int(kernel_size), padding="same", activation="relu", name="conv"
+    )(x)
+    x = keras.layers.GlobalMaxPooling1D(name="pool")(x)
+    out = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(ids, out, name="text_cnn")
+
+
+BUILDERS = {
+    "mnist_cnn": mnist_cnn,
+    "vgg_small": vgg_small,
+    "mlp": mlp,
+    "lstm": lstm,
+    "text_cnn": text_cnn,
+}
 MODEL_NAMES = (*BUILDERS, "pretrained")
 
 

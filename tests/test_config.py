@@ -46,7 +46,7 @@ def test_overrides_swap_groups_and_set_keys():
 @pytest.mark.parametrize(
     ("override", "fragment"),
     [
-        ("model=resnet", "valid: lstm, mlp, mnist_cnn, pretrained, vgg_small"),
+        ("model=resnet", "valid: lstm, mlp, mnist_cnn, pretrained, text_cnn, vgg_small"),
         ("train.epoch=3", "did you mean 'train.epochs'"),
         ("train.epochs", "key=value"),
     ],

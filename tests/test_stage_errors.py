@@ -9,7 +9,7 @@ from conftest import REPO, python_cmd, run
 @pytest.mark.parametrize(
     ("stage", "args", "expected"),
     [
-        ("train", ["model=nope"], "valid: lstm, mlp, mnist_cnn, pretrained, vgg_small"),
+        ("train", ["model=nope"], "valid: lstm, mlp, mnist_cnn, pretrained, text_cnn, vgg_small"),
         ("train", ["train.epochs=abc"], "invalid value 'abc' for 'train.epochs'"),
         ("train", ["train.batch_size=0"], "'train.batch_size' must be a positive number"),
         ("train", ["train.batch_size=-4"], "'train.batch_size' must be a positive number"),

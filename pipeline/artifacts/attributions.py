@@ -23,8 +23,10 @@ LAYOUT = common.layout(
     labels                               true labels (-1 where unknown)
     probabilities                        model outputs
     index                                indices of the inputs in their source
+    tokens                               text models: token ids of the inputs (N, T)
     methods/<method>/maps                (N, H, W) for images, (N, T, F) or (N, T) for sequences
     methods/<method>/raw                 CAMs: the map at the layer's resolution
+    methods/<method>/tokens              text models: (N, T) per token, summed over embedding
     methods/<method>/<extra>             per-input extras (IG: completeness_error)
     methods/<method>@options             the method's options (JSON)
     methods/<method>@score               logits or probabilities
@@ -62,6 +64,7 @@ class MethodMaps:
     raw: np.ndarray | None = None
     layer: str | None = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    tokens: np.ndarray | None = None
 
 
 @dataclass
@@ -105,6 +108,7 @@ class Attributions:
     provenance: dict[str, str] = field(default_factory=dict)
     n_inputs: int = 0
     input_space: dict = field(default_factory=dict)
+    tokens: np.ndarray | None = None
 
 
 def write_header(f, result: Attributions, config_yaml: str) -> None:
@@ -123,6 +127,8 @@ def write_header(f, result: Attributions, config_yaml: str) -> None:
     )
     for name in ("inputs", "targets", "labels", "probabilities", "index"):
         f.create_dataset(name, data=getattr(result, name))
+    if result.tokens is not None:
+        f.create_dataset("tokens", data=np.asarray(result.tokens, np.int64))
 
 
 def write_results(f, result: Attributions) -> None:
@@ -132,6 +138,8 @@ def write_results(f, result: Attributions) -> None:
         group.create_dataset("maps", data=np.asarray(method.maps, np.float32), compression="gzip")
         if method.raw is not None:
             group.create_dataset("raw", data=np.asarray(method.raw, np.float32))
+        if method.tokens is not None:
+            group.create_dataset("tokens", data=np.asarray(method.tokens, np.float32))
         for extra, values in method.extras.items():
             group.create_dataset(extra, data=values)
         common.write_attrs(
@@ -171,7 +179,7 @@ def read_attributions(source: str | Path | BinaryIO, count: int | None = None) -
         methods = {}
         for name in order:
             group = f["methods"][name]
-            extras = {k: group[k][rows] for k in group if k not in ("maps", "raw")}
+            extras = {k: group[k][rows] for k in group if k not in ("maps", "raw", "tokens")}
             methods[name] = MethodMaps(
                 maps=group["maps"][rows],
                 options=common.read_json_attr(group, "options", {}),
@@ -179,6 +187,7 @@ def read_attributions(source: str | Path | BinaryIO, count: int | None = None) -
                 raw=group["raw"][rows] if "raw" in group else None,
                 layer=common.text_attr(group, "layer") or None,
                 extras=extras,
+                tokens=group["tokens"][rows] if "tokens" in group else None,
             )
         faithfulness, fractions, substrate = {}, None, ""
         if "faithfulness" in f:
@@ -232,6 +241,7 @@ def read_attributions(source: str | Path | BinaryIO, count: int | None = None) -
             provenance=common.common_attrs(f),
             n_inputs=len(f["inputs"]),
             input_space=common.read_json_attr(f, "input_space", {}),
+            tokens=f["tokens"][rows] if "tokens" in f else None,
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
 import numpy as np
 
 from pipeline.artifacts import common
@@ -25,6 +26,7 @@ LAYOUT = common.layout(
     probe/x         inputs of the probe set
     probe/y         labels of the probe set
     probe/index     indices of the probe inputs in test
+    vocab           text data: the token string of each id (absent: ids shown)
     @name           the data source
     @source         where it came from (a path or package)
     @class_names    one name per class (JSON)
@@ -62,6 +64,7 @@ class DatasetInfo:
     data_hash: str
     source: str = ""
     skipped_files: list[str] = field(default_factory=list)
+    vocab: list[str] | None = None
 
 
 def write_dataset(
@@ -89,6 +92,10 @@ def write_dataset(
             group.create_dataset("x", data=x, compression="gzip", compression_opts=4)
             group.create_dataset("y", data=y)
         f["probe"].create_dataset("index", data=probe_index)
+        if info.vocab is not None:
+            # A dataset, not an attribute: a real vocabulary outgrows HDF5's 64 KiB limit.
+            words = np.asarray(info.vocab, dtype=object)
+            f.create_dataset("vocab", data=words, dtype=h5py.string_dtype())
         common.write_attrs(f, common.provenance_attrs(KIND, VERSION, config_yaml))
         common.write_attrs(
             f,
@@ -115,6 +122,7 @@ def read_dataset_info(path: str | Path) -> DatasetInfo:
             data_hash=common.text_attr(f, "data_hash"),
             source=common.text_attr(f, "source"),
             skipped_files=common.read_json_attr(f, "skipped_files", []),
+            vocab=[w.decode() for w in f["vocab"][()]] if "vocab" in f else None,
         )
 
 

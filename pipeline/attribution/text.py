@@ -63,6 +63,16 @@ def split_at_embedding(model: keras.Model, layer: str | None = None):
             f"Embedding '{layer}' has mask_zero=True: the downstream layers also read the "
             "token ids' mask; rebuild it with mask_zero=False for attribution"
         )
+    if isinstance(model, keras.Sequential):
+        # A loaded Sequential's layer outputs do not lead to its outputs; its layers
+        # after the embedding are called again on the vectors (same variables).
+        vectors = keras.Input(tuple(embedding.output.shape[1:]), name=f"{layer}_vectors")
+        h, after = vectors, False
+        for inner in model.layers:
+            if after:
+                h = inner(h)
+            after = after or inner is embedding
+        return embedding, keras.Model(vectors, h, name=f"{model.name}_text")
     try:
         outputs = model.outputs[0] if len(model.outputs) == 1 else model.outputs
         downstream = keras.Model(embedding.output, outputs, name=f"{model.name}_text")
@@ -85,3 +95,29 @@ def token_attribution(maps: np.ndarray) -> np.ndarray:
     if maps.ndim != 3:
         raise KerascopeError(f"embedding-output maps are (N, L, D), got shape {maps.shape}")
     return maps.sum(axis=-1)
+
+
+def token_ids(x: np.ndarray) -> np.ndarray:
+    """Token ids (N, L) as int64 (the data set stores them as whole float32 values)."""
+    return np.rint(np.asarray(x)).astype(np.int64)
+
+
+def per_token(maps: np.ndarray, length: int) -> np.ndarray:
+    """Any method's maps on a text model as one value per token, (N, L).
+
+    Gradient methods, Integrated Gradients and perturbation methods give maps at the
+    embedding output (N, L, D): they are summed over the embedding axis
+    (:func:`token_attribution`; Sundararajan et al. 2017, section 6.3). CAMs are
+    already one value per position of the sequence (N, L) and are kept.
+
+    Raises:
+        KerascopeError: Maps that are neither (N, L, D) nor (N, L).
+    """
+    maps = np.asarray(maps)
+    if maps.ndim == 3 and maps.shape[1] == length:
+        return token_attribution(maps)
+    if maps.ndim == 2 and maps.shape[1] == length:
+        return maps
+    raise KerascopeError(
+        f"maps of shape {maps.shape} are not per token; expected (N, {length}, D) or (N, {length})"
+    )

@@ -57,6 +57,9 @@ ul.findings{list-style:none;padding-left:0}
 ul.findings li{margin:.45em 0;padding-left:1.6em;position:relative}
 ul.findings li:before{position:absolute;left:0;font-weight:bold}
 ul.findings li.ok:before{content:"\\2714";color:#2e7d32}
+div.tokens{margin:.3em 0;line-height:1.9;font-family:ui-monospace,monospace;font-size:.9em}
+span.tok{padding:1px 3px;border-radius:3px;white-space:pre}
+span.tok-label{display:inline-block;min-width:12em;color:#555;font-family:system-ui,sans-serif}
 ul.findings li.warn:before{content:"!";color:#ef6c00;left:.35em}
 ul.findings li.bad:before{content:"\\2716";color:#c62828}
 ul.findings li.info:before{content:"\\2022";color:#1565c0;left:.3em}
@@ -351,6 +354,10 @@ class Blocks:
         """Add definitions: (term, meaning)."""
         self.blocks.append(Block("terms", items))
 
+    def tokens(self, rows: list[tuple[str, list[tuple[str, float, str]]]]) -> None:
+        """Add rows of coloured tokens: (label, [(token, value, CSS colour), ...])."""
+        self.blocks.append(Block("tokens", rows))
+
     def pre(self, text: str) -> None:
         """Add preformatted text (escaped)."""
         self.blocks.append(Block("pre", text))
@@ -416,6 +423,17 @@ def _block_html(block: Block) -> str:
         return f"<details{ident}{attr}><summary>{esc(block.caption)}</summary>{body}</details>"
     if kind == "pre":
         return f"<pre>{esc(block.content)}</pre>"
+    if kind == "tokens":
+        rows = []
+        for label, tokens in block.content:
+            spans = " ".join(
+                f'<span class="tok" style="background:{esc(colour)}" '
+                f'title="{esc(text)}: {value:+.4g}">{esc(text)}</span>'
+                for text, value, colour in tokens
+            )
+            head = f'<span class="tok-label">{esc(label)}</span>'
+            rows.append(f'<div class="tokens">{head}{spans}</div>')
+        return "".join(rows)
     return f'<p class="muted">{esc(block.content)}</p>'
 
 

@@ -16,7 +16,7 @@ from pipeline.artifacts.dataset import Split
 from pipeline.artifacts.evaluation import Evaluation
 from pipeline.artifacts.maximization import Maximization
 from pipeline.inputs import InputSpace
-from pipeline.render import figures, findings, sequence_figures
+from pipeline.render import figures, findings, sequence_figures, tokens
 from pipeline.render.findings import TERMS, LayerHealth
 from pipeline.render.layers import group_layers, inspected
 from pipeline.render.options import RenderOptions, choose_view
@@ -333,9 +333,16 @@ def layers_section(
 
 
 def attributions_section(
-    writer: FigureWriter, result: Attributions | None, opts: RenderOptions
+    writer: FigureWriter,
+    result: Attributions | None,
+    opts: RenderOptions,
+    vocab: list[str] | None = None,
 ) -> Section:
-    """The attribution grid, deletion/insertion curves, the sanity bars and metrics."""
+    """The attribution maps, deletion/insertion curves, the sanity bars and metrics.
+
+    Maps are an image grid, series bands, or for a text model coloured tokens;
+    ``vocab`` (the data set's, for token ids) names the tokens; without it ids are shown.
+    """
     sec = Section("Attributions", "attributions")
     if result is None:
         sec.text("Attributions: not computed (no attribute output; run the attribute stage).")
@@ -345,6 +352,41 @@ def attributions_section(
     sec.text(
         f"Scores: {result.score}; target: {result.target_mode}; CAM layers: {layers or 'none'}."
     )
+    if result.tokens is not None:
+        _token_maps(sec, result, classes, vocab)
+    else:
+        _image_maps(sec, writer, result, classes, opts)
+    _attribution_checks(sec, writer, result)
+    return sec
+
+
+def _token_maps(sec: Section, result: Attributions, classes, vocab: list[str] | None) -> None:
+    """A text model: each input's tokens coloured by each method's per-token attribution."""
+    sec.heading("Tokens per input", "attribution-maps")
+    sec.text(
+        "Each method's attribution per token (summed over the embedding axis; CAMs per "
+        "position), own scale per row: red raised the target's score, blue lowered it, "
+        "stronger colour is a larger share of the row's largest value; padding is hidden. "
+        "Hover a token for its value."
+        + ("" if vocab is not None else " The data set has no vocabulary: tokens show as #id.")
+    )
+    for i, ids in enumerate(result.tokens):
+        target = int(result.targets[i])
+        name = classes[target] if 0 <= target < len(classes) else str(target)
+        label = int(result.labels[i]) if i < len(result.labels) else -1
+        truth = f", label {classes[label] if 0 <= label < len(classes) else label}"
+        sec.text(f"Input {i}: target {name}" + (truth if label >= 0 else ""))
+        sec.tokens(
+            [
+                (m, tokens.token_row(ids, r.tokens[i], vocab))
+                for m, r in result.methods.items()
+                if r.tokens is not None
+            ]
+        )
+
+
+def _image_maps(sec: Section, writer: FigureWriter, result: Attributions, classes, opts) -> None:
+    """Images and sequences: the input, then each method's map, as figures."""
     sec.heading("Maps per input", "attribution-maps")
     maps = {m: r.maps for m, r in result.methods.items()}
     shown = InputSpace.from_description(result.input_space).to_display(result.inputs)
@@ -370,6 +412,10 @@ def attributions_section(
             opts.attribution_cmap,
         )
         sec.figure(src, "Input, then each method's map (own scale per map; bright: important)")
+
+
+def _attribution_checks(sec: Section, writer: FigureWriter, result: Attributions) -> None:
+    """Deletion/insertion curves, the sanity bars and further metrics."""
     if result.faithfulness:
         curves = {m: (c.deletion, c.insertion) for m, c in result.faithfulness.items()}
         aucs = {m: (c.deletion_auc, c.insertion_auc) for m, c in result.faithfulness.items()}
@@ -412,7 +458,6 @@ def attributions_section(
         sec.heading("Other faithfulness metrics", "attribution-metrics")
         sec.text("Means over the explained inputs (see the README for each metric).")
         sec.table(["method", *names], rows, sortable=True)
-    return sec
 
 
 def maximization_section(

@@ -35,7 +35,13 @@ def run(job: Job[AttributeOptions]) -> None:
     from pipeline.attribution.options import CAM_METHODS
     from pipeline.attribution.scoring import choose_targets, class_probabilities
     from pipeline.attribution.suite import explain
-    from pipeline.attribution.text import embed, embedding_layer, split_at_embedding
+    from pipeline.attribution.text import (
+        embed,
+        embedding_layer,
+        per_token,
+        split_at_embedding,
+        token_ids,
+    )
     from pipeline.stages.common import tensor_work
     from pipeline.workspace import file_hash, hdf5_file
 
@@ -43,9 +49,10 @@ def run(job: Job[AttributeOptions]) -> None:
     # Every input is checked before any output is touched.
     with tensor_work(job, cfg) as work:
         model, inputs = work.model, work.inputs
-        x = inputs.x
+        x, ids = inputs.x, None
         if embedding_layer(model):  # token ids: attribution starts at the embedding output
             embedding, model = split_at_embedding(model)
+            ids = token_ids(x)  # kept for the report's coloured tokens
             x = embed(embedding, x)
             print(f"note: token ids: attributing at the output of Embedding '{embedding.name}'")
         layer = cfg.layer
@@ -79,6 +86,7 @@ def run(job: Job[AttributeOptions]) -> None:
         }
         header = Attributions(x, targets, inputs.y, probabilities, inputs.index, {}, **attrs)
         header.methods = dict.fromkeys(cfg.methods)
+        header.tokens = ids
         with (
             job.claim() as out,
             out.write("attributions") as tmp,
@@ -103,7 +111,11 @@ def run(job: Job[AttributeOptions]) -> None:
                 )
             if explanation.sanity_skipped:
                 print(f"note: randomisation sanity check skipped: {explanation.sanity_skipped}")
-            write_results(f, record_of(explanation, inputs, targets, probabilities, **attrs))
+            record = record_of(explanation, inputs, targets, probabilities, **attrs)
+            if ids is not None:  # one value per token, for the report
+                for method in record.methods.values():
+                    method.tokens = per_token(method.maps, ids.shape[1])
+            write_results(f, record)
             with out.write("metrics/attribute.json") as metrics:
                 metrics.write_text(json.dumps(explanation.metrics(cfg.sanity.threshold), indent=2))
         bars.close()

@@ -47,6 +47,7 @@ def run(job: Job[DataOptions]) -> None:
         data_hash=data_lib.data_hash(*(a for pair in arrays.values() for a in pair)),
         source=raw.source,
         skipped_files=list(raw.skipped),
+        vocab=raw.vocab,
     )
     config_yaml = to_yaml({"seed": job.params.get("seed"), "data": job.params["data"]})
     with job.claim() as out, out.write("dataset") as tmp:

@@ -56,9 +56,36 @@ def _model(task: TrainJob, info):
                 f"model '{source.name}' must be trained, but the data are unlabeled; label "
                 "them, or bring a trained model with model=pretrained"
             )
-        return build_model(source.name, info.input_shape, classes, **task.builder_options), {}
+        options = dict(task.builder_options)
+        if "vocab_size" in options or source.name == "text_cnn":
+            options["vocab_size"] = _vocab_size(options.get("vocab_size", 0), info)
+        return build_model(source.name, info.input_shape, classes, **options), {}
     loaded = load_model_file(source.path, source.safe_mode, source.custom_modules)
     return loaded, renamed_layers(loaded)
+
+
+def _vocab_size(configured: int, info) -> int:
+    """A text model's vocabulary size: ``configured``, or (0) one taken from the data.
+
+    From the data: the largest token id + 1, or the vocabulary's size if larger.
+
+    Raises:
+        KerascopeError: Token ids at or beyond a configured size (the embedding would
+            read outside its table), or inputs that are not token ids.
+    """
+    top = float(info.value_range[1])
+    if info.value_range[0] < 0 or top != int(top):
+        raise KerascopeError(
+            f"data '{info.name}' are not token ids (values {info.value_range[0]:g}.."
+            f"{top:g}); a text model needs data=synthetic_text or data=npz with data.tokens=true"
+        )
+    needed = max(int(top) + 1, len(info.vocab or ()))
+    if configured and configured < needed:
+        raise KerascopeError(
+            f"model.vocab_size={configured} but the data hold token id {int(top)}; set "
+            f"model.vocab_size to at least {needed}, or 0 to take it from the data"
+        )
+    return int(configured or needed)
 
 
 def run(task: TrainJob) -> None:
