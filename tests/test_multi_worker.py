@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -165,3 +166,66 @@ def test_two_workers_train_like_one_device(tmp_path):
     up to float32 summation order (see ``_compare``).
     """
     _compare(tmp_path, "train")
+
+
+@pytest.mark.slow
+def test_train_stage_on_two_workers_through_dvc(tmp_path):
+    """As the README launches it: the chief runs ``dvc exp run``, the other worker the
+    stage in its own copy of the workspace. Both train the same weights (the same test
+    accuracy); only the chief writes outputs, the other's temporary directory is gone."""
+    from conftest import SHRINK, copy_repo, run
+
+    from pipeline.artifacts.evaluation import read_evaluation
+
+    shrink = {**SHRINK, "train/default.yaml": {"epochs": 2, "batch_size": 64}}
+    chief, other = (copy_repo(tmp_path / name, shrink) for name in ("chief", "other"))
+    run(["dvc", "repro", "data"], chief)
+    # The other worker's copy gets the same data, as `dvc pull` would bring it.
+    (other / "data").mkdir(exist_ok=True)
+    shutil.copy2(chief / "data/dataset.h5", other / "data/dataset.h5")
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    env = [
+        {
+            "TF_CONFIG": json.dumps(
+                {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+            ),
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+        for i in range(2)
+    ]
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    other_env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "KERASCOPE_ROOT")}
+    other_env.update(env[1], TF_CPP_MIN_LOG_LEVEL="3", TMPDIR=str(scratch))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.stages.train", "train.strategy=multi_worker"],
+        cwd=other,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=other_env,
+    )
+    try:
+        cmd = ["dvc", "exp", "run", "train", "-S", "train.strategy=multi_worker"]
+        chief_run = run(cmd, chief, env=env[0], timeout=300)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+
+    headline = json.loads((chief / "outputs/metrics/train.json").read_text())
+    assert headline["accuracy"] > 0.3  # 10 classes: chance is 0.1
+    # The other worker evaluated its own copy of the weights: the same, to print precision.
+    assert f"test accuracy {headline['accuracy']:.4f}" in out
+    assert f"test accuracy {headline['accuracy']:.4f}" in chief_run.stdout
+    history = read_evaluation(chief / "outputs/evaluation.h5").history
+    assert sorted(history) == ["accuracy", "loss", "val_accuracy", "val_loss"]
+    assert all(len(v) == 2 for v in history.values())
+    assert history["loss"][1] < history["loss"][0]
+    live = json.loads((chief / "outputs/live/metrics.json").read_text())
+    assert {"train", "val"} <= set(live) and {"loss", "accuracy"} <= set(live["train"])
+    assert (chief / "outputs/model.keras").is_file()
+    # The other worker wrote nothing into its workspace, and removed its scratch copies.
+    assert not (other / "outputs").exists() or not any((other / "outputs").iterdir())
+    assert list(scratch.iterdir()) == []
