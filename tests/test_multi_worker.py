@@ -44,18 +44,21 @@ WORKER = textwrap.dedent(
             keras.layers.Flatten(name="flat"),
             keras.layers.Dense(3, activation="softmax", name="out"),
         ])
-        model.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy")
+        model.compile(keras.optimizers.SGD(0.5), "sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+    history = {}
     if sys.argv[3] == "train":
         # 17 = 8 + 8 + 1: the last global batch is smaller than the replica count, so one
-        # worker's chunk is padding (weight 0); the 8s split 4 + 4.
-        xt, yt = x[:17], y[:17]
+        # worker's chunk is padding (weight 0); the 8s split 4 + 4. Validation: 7 = 4 + 3.
+        xt, yt, val = x[:17], y[:17], (x[17:], y[17:])
         if strategy.num_replicas_in_sync > 1:
             from pipeline.training import fit_distributed
 
-            fit_distributed(model, xt, yt, epochs=2, batch_size=8, shuffle=False,
-                            strategy=strategy, verbose=False)
+            history = fit_distributed(model, xt, yt, epochs=2, batch_size=8, shuffle=False,
+                                      validation_data=val, strategy=strategy, verbose=False)
         else:
-            model.fit(xt, yt, batch_size=8, epochs=2, shuffle=False, verbose=0)
+            history = model.fit(xt, yt, batch_size=8, epochs=2, shuffle=False,
+                                validation_data=val, verbose=0).history
     probe, targets = x[:7], np.array([0, 1, 2, 0, 1, 2, 0])  # 7: uneven across workers
     with strategy.scope():
         acts = extract_activations(model, probe, "all", 4)
@@ -69,6 +72,7 @@ WORKER = textwrap.dedent(
         **{f"weight{i}": w for i, w in enumerate(model.get_weights())},
         **{f"acts/{k}": v for k, v in acts.items()},
         **maps,
+        **{f"history/{k}": np.asarray(v) for k, v in history.items()},
     )
     """
 )
@@ -100,7 +104,9 @@ def _start(strategy: str, out, tf_config: dict | None, work: str) -> subprocess.
 
 def _finish(proc: subprocess.Popen, what: str) -> None:
     try:
-        _, err = proc.communicate(timeout=90)
+        # Generous: three TensorFlow processes share the CPU cores (about 40 s of CPU
+        # time in all); a loaded 2-core machine took 90 s of wall time.
+        _, err = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
         proc.kill()
         _, err = proc.communicate()
@@ -162,8 +168,9 @@ def test_two_workers_train_like_one_device(tmp_path):
 
     Keras 3's ``fit`` fails under ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585),
     so the workers run the custom loop the train stage uses there. Same global batches,
-    same SGD updates: the weights, and the activations and maps computed from them, agree
-    up to float32 summation order (see ``_compare``).
+    same SGD updates: the weights, the per-epoch loss, accuracy and validation scores,
+    and the activations and maps computed from the weights agree up to float32 summation
+    order (see ``_compare``).
     """
     _compare(tmp_path, "train")
 
