@@ -316,7 +316,8 @@ def quiet_tensorflow_import() -> None:
 
     TensorFlow 2.21 prints absl log lines (oneDNN, CUDA probing) before its logging is
     initialised, so ``TF_CPP_MIN_LOG_LEVEL`` cannot hide them; they would bury the
-    one-line errors kerascope promises. Set ``KERASCOPE_TF_LOGS=1`` to see them.
+    one-line errors kerascope promises. Set ``KERASCOPE_TF_LOGS=1`` to see them. Under
+    ``TF_CONFIG`` only the import is silenced (the runtime must start later, see below).
     """
     if os.environ.get("KERASCOPE_TF_LOGS") or "tensorflow" in sys.modules:
         return
@@ -328,7 +329,11 @@ def quiet_tensorflow_import() -> None:
         import keras  # noqa: F401
         import tensorflow as tf
 
-        tf.config.list_logical_devices()
+        # Listing devices starts TensorFlow's runtime, after which MultiWorkerMirrored-
+        # Strategy can no longer configure its collective ops: under a TF_CONFIG (a
+        # multi-worker launch) the runtime is left for the strategy to start.
+        if not os.environ.get("TF_CONFIG"):
+            tf.config.list_logical_devices()
     finally:
         os.dup2(saved, 2)
         os.close(saved)

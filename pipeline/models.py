@@ -295,7 +295,8 @@ class TrainOptions:
         epochs: Passes over the training split.
         batch_size: Global batch (split over the strategy's replicas).
         learning_rate: Adam's step size.
-        strategy: ``tf.distribute`` strategy name.
+        strategy: ``tf.distribute`` strategy name (``multi_worker`` over several
+            workers trains with :func:`pipeline.training.fit_distributed`).
         deterministic: Ask TensorFlow for deterministic kernels.
     """
 

@@ -4,11 +4,20 @@ Writes ``paths.model`` (``.keras``), ``paths.evaluation`` (see
 :mod:`pipeline.artifacts.evaluation`) and the ``paths.live`` directory (dvclive:
 per-epoch curves under ``plots/metrics`` when the model was trained) and
 ``<paths.metrics>/train.json``: test accuracy and loss, the DVC metric of this stage.
+
+Under ``train.strategy=multi_worker`` with several workers, Keras 3's ``fit`` fails
+(keras-team/keras#20585), so the model trains with the custom distributed loop
+:func:`pipeline.training.fit_distributed`; every other strategy keeps ``fit``. Only the
+chief (worker 0) writes the outputs; the other workers write theirs into a temporary
+directory outside the workspace, removed when the stage ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +97,40 @@ def _vocab_size(configured: int, info) -> int:
     return int(configured or needed)
 
 
+class _ScratchOutputs:
+    """A non-chief worker's outputs: same ``write`` as the claimed outputs, elsewhere."""
+
+    def __init__(self, root: Path, paths: dict[str, Path]) -> None:
+        self.root, self.paths = root, paths
+
+    @contextlib.contextmanager
+    def write(self, name: str) -> Iterator[Path]:
+        from pipeline.workspace import DIRECTORY_KINDS, PATH_KINDS
+
+        # Same suffix as the real output: writers such as model.save check it.
+        final = self.paths.get(name) or self.paths["metrics"] / name.split("/", 1)[-1]
+        path = self.root / f"{name.replace('/', '-')}{final.suffix}"
+        if PATH_KINDS.get(name) in DIRECTORY_KINDS:
+            path.mkdir()
+        yield path
+
+
+@contextlib.contextmanager
+def _outputs(job: Job, chief: bool) -> Iterator:
+    """The claimed workspace outputs on the chief; a removed temporary directory elsewhere.
+
+    TensorFlow's multi-worker guide has every worker save (saving may take part in
+    collective ops) but only the chief keep its files: the others' would overwrite the
+    chief's in a shared workspace, or leave stale outputs in their own copy of it.
+    """
+    if chief:
+        with job.claim() as out:
+            yield out
+        return
+    with tempfile.TemporaryDirectory(prefix="kerascope-worker-") as root:
+        yield _ScratchOutputs(Path(root), job.paths)
+
+
 def run(task: TrainJob) -> None:
     """Train (or load) and evaluate the model, then write every output atomically."""
     import keras
@@ -101,9 +144,12 @@ def run(task: TrainJob) -> None:
     from pipeline.graph import class_count, layer_edges, summary_rows
     from pipeline.models import epoch_logger, evaluate, select_output
     from pipeline.stages.common import to_model_space
+    from pipeline.training import fit_distributed, is_chief, is_multi_worker
     from pipeline.workspace import file_hash, mark_model
 
     job, source, cfg = task.job, task.source, task.job.cfg
+    # First: multi_worker configures collective ops, which must precede the runtime's start.
+    strategy = make_strategy(cfg.strategy)
     info = read_dataset_info(job.paths["dataset"])
     train, val, test = (read_split(job.paths["dataset"], s) for s in ("train", "val", "test"))
     keras.utils.set_random_seed(job.seed)
@@ -113,8 +159,9 @@ def run(task: TrainJob) -> None:
         import tensorflow as tf
 
         tf.config.experimental.enable_op_determinism()
-    strategy = make_strategy(cfg.strategy)
     per_replica_batch(cfg.batch_size, strategy)
+    # Several workers: fit fails there (keras-team/keras#20585), so a custom loop trains.
+    custom_loop, chief = is_multi_worker(strategy), is_chief(strategy)
     # The model is built or loaded, and the data matched to it, before any output is
     # touched: a class or shape mismatch stops here, not after minutes of work.
     with strategy.scope():
@@ -127,7 +174,7 @@ def run(task: TrainJob) -> None:
         print(f"note: {classes.note}")
     space = source.space()
     x_test, y_test = to_model_space(test.x, explained, space), classes.map_labels(test.y)
-    with job.claim() as out, out.write("live") as live_dir:
+    with _outputs(job, chief) as out, out.write("live") as live_dir:
         # dvclive writes metrics.json at every epoch, into this temporary directory.
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, report=None)
         history = {}
@@ -138,17 +185,33 @@ def run(task: TrainJob) -> None:
                     loss="sparse_categorical_crossentropy",
                     metrics=["accuracy"],
                 )
-            fit = model.fit(
-                space.to_model(train.x),
-                train.y,
-                validation_data=(space.to_model(val.x), val.y) if len(val.y) else None,
-                epochs=cfg.epochs,
-                batch_size=cfg.batch_size,
-                shuffle=True,
-                callbacks=[epoch_logger(live.log_metric, live.next_step)],
-                verbose=2,
-            )
-            history = {k: [float(v) for v in values] for k, values in fit.history.items()}
+            validation = (space.to_model(val.x), val.y) if len(val.y) else None
+            logger = epoch_logger(live.log_metric, live.next_step)
+            if custom_loop:
+                history = fit_distributed(
+                    model,
+                    space.to_model(train.x),
+                    train.y,
+                    epochs=cfg.epochs,
+                    batch_size=cfg.batch_size,
+                    validation_data=validation,
+                    shuffle=True,
+                    seed=job.seed,
+                    strategy=strategy,
+                    callbacks=[logger],
+                )
+            else:
+                fit = model.fit(
+                    space.to_model(train.x),
+                    train.y,
+                    validation_data=validation,
+                    epochs=cfg.epochs,
+                    batch_size=cfg.batch_size,
+                    shuffle=True,
+                    callbacks=[logger],
+                    verbose=2,
+                )
+                history = {k: [float(v) for v in values] for k, values in fit.history.items()}
         scores = evaluate(explained, x_test, y_test, max(cfg.batch_size, 256))
         if np.isfinite(scores.accuracy):
             live.summary["test"] = {"accuracy": scores.accuracy, "loss": scores.loss}
