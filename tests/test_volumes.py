@@ -18,6 +18,7 @@ from pipeline.errors import KerascopeError
 from pipeline.graph import default_cam_layer
 from pipeline.models import build_model
 from pipeline.render import volume_figures as volfig
+from pipeline.render.concept_figures import class_attribution_grid
 
 RNG = np.random.default_rng(0)
 
@@ -179,6 +180,10 @@ def test_volume_figures_draw_slices_and_refuse_wrong_shapes():
         RNG.random((2, 16, 8, 8, 1)), ["a", "b"], count=4, overlays=RNG.random((2, 4, 4, 4))
     )
     assert sum(1 for ax in rows.axes if len(ax.images) == 2) == 2 * 4
+    # Per-class mean maps of volumes (classes, D, H, W): each tile is the depth mean.
+    means = RNG.random((2, 5, 4, 3))
+    tiles = class_attribution_grid(means, ["a", "b"])
+    np.testing.assert_allclose(tiles.axes[1].images[0].get_array(), means[1].mean(axis=0))
     with pytest.raises(ValueError, match=r"\(D, H, W, C\)"):
         volfig.volume_slices(RNG.random((8, 8)))
     with pytest.raises(ValueError, match=r"\(d, h, w, channels\)"):
@@ -225,6 +230,10 @@ def test_volumes_through_dvc(tmp_path):
             "train.batch_size=32",
             "-S",
             "attribute.methods=[saliency,gradcam,occlusion]",
+            # conv2's 4x4x4 map, upsampled to 8x8x8 (the default rule picks conv1 here,
+            # the last layer of at least 7 positions per axis: checked below).
+            "-S",
+            "attribute.layer=conv2",
             "-S",
             "attribute.occlusion.patch_size=4",
             "-S",
@@ -257,6 +266,7 @@ def test_volumes_through_dvc(tmp_path):
         np.testing.assert_allclose(maps[i], _linear_resize(raw[i], (8, 8, 8)), atol=1e-5)
     # Saliency against a tape of our own on the trained model's logits.
     model = keras.saving.load_model(repo / "outputs" / "model.keras")
+    assert default_cam_layer(model) == "conv1"
     dense = model.get_layer("predictions")
     features = keras.Model(model.inputs, dense.input)
     xt = tf.constant(inputs)
