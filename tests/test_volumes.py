@@ -131,7 +131,10 @@ def test_occlusion_on_volumes_hides_cubes():
 
 def test_grid_black_box_methods_refuse_volumes_in_one_line():
     model = _linear_volume_model(np.ones((4, 4, 4, 1, 2), "float32"))
-    with pytest.raises(KerascopeError, match="for volumes use occlusion, or a gradient or CAM"):
+    with pytest.raises(
+        KerascopeError,
+        match=r"^rise needs images .*; gradient and CAM methods work on volumes, .* use occlusion$",
+    ):
         rise(model, np.zeros((1, 4, 4, 4, 1), "float32"), 0)
 
 

@@ -211,8 +211,8 @@ def _prepare(method: str, model: keras.Model, x, targets, options: dict, images:
         kind = "volumes" if x.ndim == 5 else "sequences"
         # Their masks are drawn on a 2-D grid of cells (or smooth 2-D noise, RISE).
         raise KerascopeError(
-            f"{method} needs images (N, H, W, C), got inputs of shape {x.shape}; for "
-            f"{kind} use occlusion, or a gradient or CAM method"
+            f"{method} needs images (N, H, W, C), got inputs of shape {x.shape}; gradient "
+            f"and CAM methods work on {kind}, and as a black-box method use occlusion"
         )
     return opts, common, x, check_targets(model, targets, len(x), x)
 
