@@ -14,6 +14,7 @@ import tensorflow as tf
 from conftest import SHRINK, copy_repo, run
 
 from pipeline.attribution import deletion_insertion, gradcam, occlusion, rise, saliency
+from pipeline.data import load_npz, make_splits
 from pipeline.errors import KerascopeError
 from pipeline.graph import default_cam_layer
 from pipeline.models import build_model
@@ -191,6 +192,20 @@ def test_volume_figures_draw_slices_and_refuse_wrong_shapes():
         volfig.volume_slices(RNG.random((8, 8)))
     with pytest.raises(ValueError, match=r"\(d, h, w, channels\)"):
         volfig.volume_feature_maps(RNG.random((8, 8, 3)), "conv")
+
+
+def test_npz_volumes_load_scaled_and_split_with_a_probe_set(tmp_path):
+    x = RNG.integers(0, 256, (40, 3, 4, 5, 2)).astype("uint8")
+    y = np.arange(40) % 4
+    np.savez(tmp_path / "v.npz", x=x, y=y)
+    raw = load_npz(tmp_path / "v.npz")
+    assert raw.x.shape == (40, 3, 4, 5, 2) and raw.x.dtype == np.float32
+    np.testing.assert_allclose(raw.x, x / 255.0, atol=1e-7)  # 8-bit volumes as 8-bit images
+    splits = make_splits(raw, seed=0, val_fraction=0.2, test_fraction=0.25, probe_per_class=2)
+    xte, yte = splits.test
+    assert xte.shape[1:] == (3, 4, 5, 2)
+    # Two probe volumes per class, from the test split.
+    np.testing.assert_array_equal(np.bincount(yte[splits.probe_index]), [2, 2, 2, 2])
 
 
 def octant_volumes(n: int, size: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
