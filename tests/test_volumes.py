@@ -269,6 +269,12 @@ def test_volumes_through_dvc(tmp_path):
         stored = {g.attrs["layer_path"]: g for g in f["activations"].values()}
         assert stored["conv1"][()].shape[1:] == (8, 8, 8, 8)  # (depth, height, width, channels)
         assert stored["conv2"][()].shape[1:] == (4, 4, 4, 16)
+        # Health per channel over every voxel: a dead channel never rose above zero.
+        health = json.loads((repo / "outputs" / "metrics" / "layer_health.json").read_text())
+        for layer in ("conv1", "conv2"):
+            never_positive = stored[layer][()].max(axis=(0, 1, 2, 3)) <= 0
+            assert health["layers"][layer]["units"] == len(never_positive)
+            assert health["layers"][layer]["dead_fraction"] == pytest.approx(never_positive.mean())
     with h5py.File(repo / "outputs" / "attributions.h5") as f:
         inputs, targets = f["inputs"][()], f["targets"][()]
         n = len(inputs)
