@@ -184,6 +184,10 @@ def _draw_method(method: str, results: list[RunResults], max_inputs: int):
         first = results[0]
         i0 = int(np.flatnonzero(first.index == probe)[0])
         image = first.inputs[i0]
+        # A volume (D, H, W, C) is compared on its middle depth slice, maps alike.
+        middle = image.shape[0] // 2 if image.ndim == 4 else None
+        if middle is not None:
+            image = image[middle]
         if image.ndim == 3:
             lo, hi = float(image.min()), float(image.max())
             image = (image - lo) / (hi - lo) if hi > lo else image * 0
@@ -194,6 +198,8 @@ def _draw_method(method: str, results: list[RunResults], max_inputs: int):
             i = int(np.flatnonzero(result.index == probe)[0])
             if method in result.maps:
                 heat = result.maps[method][i]
+                if middle is not None and heat.ndim == 3:
+                    heat = heat[middle * heat.shape[0] // first.inputs.shape[1]]
                 heat = heat if heat.ndim == 2 else heat.reshape(heat.shape[0], -1)
                 scale = float(np.abs(heat).max()) or 1.0
                 ax.imshow(heat / scale, cmap="magma", vmin=0 if heat.min() >= 0 else -1, vmax=1)

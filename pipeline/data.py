@@ -393,7 +393,7 @@ def load_npz(
     if x.ndim == 1:
         raise KerascopeError(
             f"array '{x_key}' in '{path}' has shape {x.shape}: one value per input; expected "
-            "(N, features), (N, T, F) or (N, H, W, C)"
+            "(N, features), (N, T, F), (N, H, W, C) or (N, D, H, W, C)"
         )
     if not np.issubdtype(x.dtype, np.number) and x.dtype != bool:
         raise KerascopeError(f"array '{x_key}' in '{path}' has dtype {x.dtype}; expected numbers")

@@ -175,12 +175,49 @@ def text_cnn(
     return keras.Model(ids, out, name="text_cnn")
 
 
+def volume_cnn(
+    input_shape: Sequence[int],
+    num_classes: int,
+    filters: Sequence[int] = (8, 16),
+    dense_units: Sequence[int] = (),
+) -> keras.Model:
+    """A small 3-D convnet for volumes (D, H, W, C), such as CT or MRI scans.
+
+    3-D convolutions as in Ji, Xu, Yang & Yu (2013), "3D Convolutional Neural Networks
+    for Human Action Recognition"; 3x3x3 blocks as in Cicek et al. (2016), "3D U-Net".
+
+    A Conv3D(width, 3x3x3, same, relu) per entry of ``filters``, each but the last
+    followed by MaxPooling3D(2) (dropped once the volume would fall below 2 per axis),
+    then Flatten, optional dense layers and Dense(num_classes, softmax). Flattening
+    (not global pooling) keeps *where* a feature fires, which classes defined by
+    position need.
+    """
+    import keras
+
+    shape = tuple(input_shape)
+    if len(shape) != 4:
+        raise ValueError(f"volume_cnn needs volumes (D, H, W, C), got input shape {shape}")
+    layers: list = [keras.Input(shape, name="volume")]
+    size = min(shape[:3])
+    for b, width in enumerate(filters, start=1):
+        layers.append(
+            keras.layers.Conv3D(width, 3, padding="same", activation="relu", name=f"conv{b}")
+        )
+        if b < len(filters) and size >= 4:
+            layers.append(keras.layers.MaxPooling3D(2, name=f"pool{b}"))
+            size //= 2
+    layers.append(keras.layers.Flatten(name="flatten"))
+    layers += _dense_head(dense_units, 0.0, num_classes, prefix="dense")
+    return keras.Sequential(layers, name="volume_cnn")
+
+
 BUILDERS = {
     "mnist_cnn": mnist_cnn,
     "vgg_small": vgg_small,
     "mlp": mlp,
     "lstm": lstm,
     "text_cnn": text_cnn,
+    "volume_cnn": volume_cnn,
 }
 MODEL_NAMES = (*BUILDERS, "pretrained")
 

@@ -4,8 +4,9 @@ Selvaraju et al. 2017; Chattopadhay et al. 2018; Jiang et al. 2021; Wang et al. 
 Faster-ScoreCAM as tf-keras-vis defines it.
 
 Each returns an :class:`Attribution` whose ``raw`` maps are at the layer's resolution,
-(N, h, w) for 2-D layers or (N, T) for temporal ones, and whose ``maps`` are upsampled
-to the input: (N, H, W) for images, (N, T) for sequences.
+(N, h, w) for 2-D layers, (N, d, h, w) for 3-D ones or (N, T) for temporal ones, and
+whose ``maps`` are upsampled to the input: (N, H, W) for images, (N, D, H, W) for
+volumes (trilinearly), (N, T) for sequences.
 """
 
 from __future__ import annotations
@@ -49,28 +50,50 @@ def cam_layer(model: keras.Model, layer: str | None) -> str:
 def check_cam_shapes(model: keras.Model, layer: str, input_shape: tuple) -> None:
     """Raise a one-line error if ``layer``'s map cannot be laid over the input.
 
-    2-D maps (h, w) go over images; 1-D maps over time (T) go over sequences, or over
-    the rows of an image (for models that read image rows as time steps).
+    2-D maps (h, w) go over images; 3-D maps (d, h, w) over volumes; 1-D maps over
+    time (T) go over sequences, or over the rows of an image (for models that read
+    image rows as time steps).
     """
     shape = layer_info(model, layer).output_shape
-    if shape is None or len(shape) not in (2, 3):
+    if shape is None or len(shape) not in (2, 3, 4):
         raise KerascopeError(
             f"layer '{layer}' has output shape {shape}; class activation maps need a "
-            "(time, channels) or (height, width, channels) output"
+            "(time, channels), (height, width, channels) or (depth, height, width, "
+            "channels) output"
+        )
+    if len(shape) == 4 and len(input_shape) != 4:
+        raise KerascopeError(
+            f"layer '{layer}' has a 3-D output {shape} but the inputs have shape "
+            f"{tuple(input_shape)}, not volumes (D, H, W, C); choose a layer whose map "
+            "has the inputs' axes"
         )
     if len(shape) == 3 and len(input_shape) != 3:
+        kind = "volumes" if len(input_shape) == 4 else "sequences"
         raise KerascopeError(
-            f"layer '{layer}' has a 2-D output {shape} but the inputs are sequences "
-            f"{tuple(input_shape)}; choose a layer with a time axis"
+            f"layer '{layer}' has a 2-D output {shape} but the inputs are {kind} "
+            f"{tuple(input_shape)}; choose a layer with "
+            + ("a depth axis (a Conv3D)" if kind == "volumes" else "a time axis")
         )
 
 
 def upsample_tf(raw, input_shape: tuple):
     """Resize raw maps to the input's size with bilinear interpolation (graph op).
 
+    Volume maps (n, d, h, w) are resized trilinearly: bilinearly over (h, w) in each
+    depth slice, then linearly along depth (linear interpolation is separable, so the
+    two passes are exactly trilinear, with ``tf.image.resize``'s half-pixel centres).
     Temporal maps (n, T) over an image input are stretched along the rows and repeated
     across the columns.
     """
+    if len(input_shape) == 4:
+        depth, height, width = input_shape[:3]
+        d, h, w = raw.shape[1:]
+        # (n, d, h, w) -> (n * d, h, w, 1): every depth slice resized over (H, W).
+        planes = tf.image.resize(tf.reshape(raw, (-1, h, w, 1)), (height, width))
+        planes = tf.reshape(planes, (-1, d, height * width, 1))
+        # Depth against the flattened (H * W) axis, which keeps its size.
+        full = tf.image.resize(planes, (depth, height * width))
+        return tf.reshape(full, (-1, depth, height, width))
     if len(input_shape) == 3:
         height, width = input_shape[:2]
         if raw.shape.rank == 3:
@@ -159,7 +182,7 @@ def gradcam(model: keras.Model, x: np.ndarray, targets, **options) -> Attributio
 
     Args:
         model: A classifier.
-        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        x: Inputs (N, H, W, C), volumes (N, D, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
         **options: ``layer`` (a layer path; default
             :func:`pipeline.graph.default_cam_layer`), ``score`` (``logits``, the default,
@@ -247,7 +270,7 @@ def scorecam(model: keras.Model, x: np.ndarray, targets, **options) -> Attributi
 
     Args:
         model: A classifier.
-        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        x: Inputs (N, H, W, C), volumes (N, D, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
         **options: :class:`~pipeline.attribution.options.ScoreCamOptions`
             (``max_channels``: above this many channels, only this many per input, those
@@ -285,7 +308,7 @@ def faster_scorecam(model: keras.Model, x: np.ndarray, targets, **options) -> At
 
     Args:
         model: A classifier.
-        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        x: Inputs (N, H, W, C), volumes (N, D, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
         **options: :class:`~pipeline.attribution.options.FasterScoreCamOptions`
             (``max_channels``, default 10: :func:`scorecam` with the same value gives

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from pipeline.attribution.batching import compile_step, forward_rows, run_batched, spec
 from pipeline.attribution.options import SUBSTRATES
-from pipeline.attribution.result import as_maps
+from pipeline.attribution.result import as_maps, has_channels, spatial_sigmas
 from pipeline.attribution.scoring import check_targets, forward, target_score
 from pipeline.errors import KerascopeError
 from pipeline.graph import layer_info, list_layers
@@ -40,13 +40,14 @@ class DeletionInsertion:
 def check_maps(maps, x: np.ndarray) -> np.ndarray:
     """Attribution maps as float32, checked to lie over the inputs.
 
-    Images take (N, H, W) maps; sequences (N, T, F) or (N, T) maps (whole time steps).
+    Images take (N, H, W) maps, volumes (N, D, H, W); sequences (N, T, F) or (N, T)
+    maps (whole time steps).
 
     Raises:
         KerascopeError: The maps do not fit the inputs.
     """
     maps = as_maps(maps)
-    valid = [x.shape[1:3]] if x.ndim == 4 else [x.shape[1:], x.shape[1:2]]
+    valid = [x.shape[1:-1]] if has_channels(x) else [x.shape[1:], x.shape[1:2]]
     if len(maps) != len(x) or tuple(maps.shape[1:]) not in [tuple(v) for v in valid]:
         raise KerascopeError(
             f"attribution maps of shape {maps.shape} do not fit inputs of shape {x.shape}"
@@ -64,8 +65,9 @@ def substrate(x: np.ndarray, kind: str = "blur", sigma: float = 5.0) -> np.ndarr
     if kind == "blur":
         from scipy.ndimage import gaussian_filter
 
-        spatial = (0, sigma, sigma, 0) if x.ndim == 4 else (0, sigma, 0)
-        return gaussian_filter(x, sigma=spatial, mode="nearest").astype(x.dtype)
+        return gaussian_filter(x, sigma=spatial_sigmas(x.ndim, sigma), mode="nearest").astype(
+            x.dtype
+        )
     raise KerascopeError(f"invalid substrate '{kind}'; valid: {', '.join(SUBSTRATES)}")
 
 
@@ -133,10 +135,11 @@ def deletion_insertion(
 
     Args:
         model: A classifier.
-        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        x: Inputs (N, H, W, C), volumes (N, D, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
-        maps: Attributions (N, H, W) for images or (N, T, F) for sequences (an array or
-            an :class:`Attribution`); sequence maps of shape (N, T) rank whole time steps.
+        maps: Attributions (N, H, W) for images, (N, D, H, W) for volumes or (N, T, F)
+            for sequences (an array or an :class:`Attribution`); sequence maps of shape
+            (N, T) rank whole time steps.
         steps: Number of deletion/insertion steps.
         substrate_kind: ``zeros``, ``blur`` or ``mean``.
         batch_size: Perturbed inputs per forward pass (deletion and insertion of

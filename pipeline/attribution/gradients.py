@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from pipeline.attribution.batching import compile_step, gradient_rows, run_batched, spec
 from pipeline.attribution.options import resolve
-from pipeline.attribution.result import Attribution, is_image, reduce_channels
+from pipeline.attribution.result import Attribution, has_channels, reduce_channels
 from pipeline.attribution.scoring import check_targets, gradient_step
 
 
@@ -38,18 +38,19 @@ def saliency(model: keras.Model, x: np.ndarray, targets, **options) -> Attributi
 
     Args:
         model: A classifier.
-        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        x: Inputs (N, H, W, C), volumes (N, D, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
         **options: :class:`~pipeline.attribution.options.SaliencyOptions` (``reduce``:
             ``max`` or ``mean`` over channels), ``score`` (``logits``, the default, or
             ``probabilities``) and ``batch_size`` (inputs per compiled step).
 
     Returns:
-        :class:`Attribution` with maps (N, H, W) for images, (N, T, F) for sequences.
+        :class:`Attribution` with maps (N, H, W) for images, (N, D, H, W) for volumes,
+        (N, T, F) for sequences.
     """
     opts, common = resolve("saliency", options)
     grads = np.abs(input_gradients(model, x, targets, common["score"], common["batch_size"]))
-    return Attribution(reduce_channels(grads, opts.reduce, is_image(np.asarray(x))))
+    return Attribution(reduce_channels(grads, opts.reduce, has_channels(np.asarray(x))))
 
 
 def _noisy_gradient_step(
@@ -157,7 +158,7 @@ def smoothgrad(model: keras.Model, x: np.ndarray, targets, **options) -> Attribu
         :class:`Attribution` with maps shaped as :func:`saliency`'s.
     """
     opts, x, stats = _noisy_gradients("smoothgrad", model, x, targets, options)
-    return Attribution(reduce_channels(stats["abs"], opts.reduce, is_image(x)))
+    return Attribution(reduce_channels(stats["abs"], opts.reduce, has_channels(x)))
 
 
 def vargrad(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
@@ -180,7 +181,7 @@ def vargrad(model: keras.Model, x: np.ndarray, targets, **options) -> Attributio
         :class:`Attribution` with maps shaped as :func:`saliency`'s.
     """
     opts, x, stats = _noisy_gradients("vargrad", model, x, targets, options)
-    return Attribution(reduce_channels(stats["variance"], opts.reduce, is_image(x)))
+    return Attribution(reduce_channels(stats["variance"], opts.reduce, has_channels(x)))
 
 
 def squaregrad(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
@@ -194,7 +195,7 @@ def squaregrad(model: keras.Model, x: np.ndarray, targets, **options) -> Attribu
     :class:`~pipeline.attribution.options.SquareGradOptions`).
     """
     opts, x, stats = _noisy_gradients("squaregrad", model, x, targets, options)
-    return Attribution(reduce_channels(stats["square"], opts.reduce, is_image(x)))
+    return Attribution(reduce_channels(stats["square"], opts.reduce, has_channels(x)))
 
 
 def gradient_x_input(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
@@ -206,17 +207,17 @@ def gradient_x_input(model: keras.Model, x: np.ndarray, targets, **options) -> A
 
     Args:
         model: A classifier.
-        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        x: Inputs (N, H, W, C), volumes (N, D, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
         **options: ``score`` and ``batch_size`` (inputs per compiled step).
 
     Returns:
-        :class:`Attribution` with maps summed over channels for images, (N, T, F) for
-        sequences, and the input-shaped extra ``attributions``.
+        :class:`Attribution` with maps summed over channels for images and volumes,
+        (N, T, F) for sequences, and the input-shaped extra ``attributions``.
     """
     _, common = resolve("gradient_x_input", options)
     x = np.asarray(x, np.float32)
     grads = input_gradients(model, x, targets, common["score"], common["batch_size"])
     attributions = grads * x
-    maps = attributions.sum(axis=-1) if is_image(x) else attributions
+    maps = attributions.sum(axis=-1) if has_channels(x) else attributions
     return Attribution(maps, extras={"attributions": attributions})

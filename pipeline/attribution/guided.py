@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from pipeline.attribution.batching import compile_step, gradient_rows, run_batched, spec
 from pipeline.attribution.options import resolve
-from pipeline.attribution.result import Attribution, is_image, reduce_channels
+from pipeline.attribution.result import Attribution, has_channels, reduce_channels
 from pipeline.attribution.scoring import ScoreForward, check_targets, target_score
 from pipeline.graph import LayerForward, _linear_copy, graph_of, ordered_nodes
 
@@ -157,7 +157,7 @@ def _rule_gradients(method: str, rule: str, model, x, targets, options: dict) ->
     x = np.asarray(x, np.float32)
     fn = _rule_step(model, x.shape[1:], common["score"], rule)
     grads = run_batched(fn, [x, targets], gradient_rows(model, x.shape[1:], common["batch_size"]))
-    maps = reduce_channels(np.abs(grads), opts.reduce, is_image(x))
+    maps = reduce_channels(np.abs(grads), opts.reduce, has_channels(x))
     return Attribution(maps, extras={"gradients": grads})
 
 
@@ -173,7 +173,7 @@ def guided_backprop(model: keras.Model, x: np.ndarray, targets, **options) -> At
 
     Args:
         model: A classifier.
-        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        x: Inputs (N, H, W, C), volumes (N, D, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
         **options: :class:`~pipeline.attribution.options.GuidedBackpropOptions`
             (``reduce``: ``max`` or ``mean`` of |modified gradient| over channels),

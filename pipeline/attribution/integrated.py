@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from pipeline.attribution.batching import compile_step, gradient_rows, run_batched, spec
 from pipeline.attribution.options import BASELINES, resolve
-from pipeline.attribution.result import Attribution, is_image
+from pipeline.attribution.result import Attribution, has_channels, spatial_sigmas
 from pipeline.attribution.scoring import check_targets, gradient_step
 from pipeline.errors import KerascopeError
 
@@ -33,8 +33,9 @@ def make_baseline(
     if kind == "blur":
         from scipy.ndimage import gaussian_filter
 
-        spatial = (0, sigma, sigma, 0) if x.ndim == 4 else (0, sigma, 0)
-        return gaussian_filter(x, sigma=spatial, mode="nearest").astype(x.dtype)
+        return gaussian_filter(x, sigma=spatial_sigmas(x.ndim, sigma), mode="nearest").astype(
+            x.dtype
+        )
     if kind == "uniform":
         rng = np.random.default_rng(seed)
         axes = tuple(range(1, x.ndim))
@@ -109,7 +110,7 @@ def integrated_gradients(model: keras.Model, x: np.ndarray, targets, **options) 
     per_step = max(1, rows // (steps + 1))
     attributions, difference = run_batched(fn, [x, base, targets], per_step)
     total = attributions.reshape(len(x), -1).sum(axis=1)
-    maps = attributions.sum(axis=-1) if is_image(x) else attributions
+    maps = attributions.sum(axis=-1) if has_channels(x) else attributions
     return Attribution(
         maps,
         extras={

@@ -206,8 +206,8 @@ class OcclusionOptions:
     """Occlusion (Zeiler & Fergus 2014).
 
     Attributes:
-        patch_size: Side of the square patch (images) or length of the time window
-            (sequences) set to ``baseline``.
+        patch_size: Side of the square patch (images) or cube (volumes), or length of
+            the time window (sequences) set to ``baseline``.
         stride: Step between patch positions; the last position is moved back to the
             border. With a stride up to ``patch_size`` every position is covered.
         baseline: The value occluded features take.

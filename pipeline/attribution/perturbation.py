@@ -9,9 +9,10 @@ models without gradients. The masks are drawn once from the seed and shared by a
 inputs, so results never depend on the batch size; a batch of inputs times a chunk of
 masks goes through one compiled step, ``batch_size`` masked inputs at a time.
 
-Occlusion works on images (N, H, W, C) and on sequences (N, T, F), where it occludes
-windows of time steps. RISE, LIME, Kernel SHAP, Sobol and HSIC need images: they refuse
-sequences with a one-line error.
+Occlusion works on images (N, H, W, C), on volumes (N, D, H, W, C), where it occludes
+cubes, and on sequences (N, T, F), where it occludes windows of time steps. RISE, LIME,
+Kernel SHAP, Sobol and HSIC need images: they refuse sequences and volumes with a
+one-line error.
 """
 
 from __future__ import annotations
@@ -207,9 +208,11 @@ def _prepare(method: str, model: keras.Model, x, targets, options: dict, images:
     opts, common = resolve(method, options)
     x = np.asarray(x, np.float32)
     if images and not is_image(x):
+        kind = "volumes" if x.ndim == 5 else "sequences"
+        # Their masks are drawn on a 2-D grid of cells (or smooth 2-D noise, RISE).
         raise KerascopeError(
-            f"{method} needs images (N, H, W, C), got inputs of shape {x.shape}; "
-            "for sequences use occlusion"
+            f"{method} needs images (N, H, W, C), got inputs of shape {x.shape}; gradient "
+            f"and CAM methods work on {kind}, and as a black-box method use occlusion"
         )
     return opts, common, x, check_targets(model, targets, len(x), x)
 
@@ -270,15 +273,16 @@ def occlusion(model: keras.Model, x: np.ndarray, targets, **options) -> Attribut
     """Occlusion: how much the score drops when a patch of the input is hidden.
 
     Zeiler & Fergus (2014), "Visualizing and Understanding Convolutional Networks". A
-    square patch (images) or a window of time steps (sequences) slides over the input
-    with the given stride (the last patch of each axis reaching the border) and is set
-    to ``baseline`` in every channel or feature; a position's attribution is the mean
-    score drop of the patches covering it (0 where a stride longer than the patch
-    leaves it uncovered). Gradient-free. Works on images and sequences.
+    square patch (images), a cube (volumes) or a window of time steps (sequences) slides
+    over the input with the given stride (the last patch of each axis reaching the
+    border) and is set to ``baseline`` in every channel or feature; a position's
+    attribution is the mean score drop of the patches covering it (0 where a stride
+    longer than the patch leaves it uncovered). Gradient-free. Works on images, volumes
+    and sequences.
 
     Args:
         model: A classifier.
-        x: Inputs (N, H, W, C) or sequences (N, T, F).
+        x: Inputs (N, H, W, C), volumes (N, D, H, W, C) or sequences (N, T, F).
         targets: One class per input (or one for all); None: the predicted class.
         **options: :class:`~pipeline.attribution.options.OcclusionOptions`
             (``patch_size``, ``stride``, ``baseline``), ``score`` (``logits``, the
@@ -286,7 +290,8 @@ def occlusion(model: keras.Model, x: np.ndarray, targets, **options) -> Attribut
             compiled step).
 
     Returns:
-        :class:`Attribution` with maps (N, H, W) for images, (N, T) for sequences.
+        :class:`Attribution` with maps (N, H, W) for images, (N, D, H, W) for volumes,
+        (N, T) for sequences.
     """
     opts, common, x, targets = _prepare("occlusion", model, x, targets, options, images=False)
     positions = x.shape[1:-1]
@@ -297,13 +302,14 @@ def occlusion(model: keras.Model, x: np.ndarray, targets, **options) -> Attribut
     corners = np.concatenate([np.asarray([positions]), corners])
 
     def covered(a: int, b: int) -> np.ndarray:
-        inside = [
-            (np.arange(size) >= c[:, None]) & (np.arange(size) < c[:, None] + patch)
-            for size, c in zip(positions, corners[a:b].T, strict=True)
-        ]
-        if len(inside) == 1:
-            return inside[0].astype(np.float32)
-        return (inside[0][:, :, None] & inside[1][:, None, :]).astype(np.float32)
+        # Per axis, which positions each patch covers; a patch covers their product.
+        mask = np.ones((b - a, *positions), bool)
+        for axis, (size, c) in enumerate(zip(positions, corners[a:b].T, strict=True)):
+            inside = (np.arange(size) >= c[:, None]) & (np.arange(size) < c[:, None] + patch)
+            shape = [b - a] + [1] * len(positions)
+            shape[axis + 1] = size
+            mask &= inside.reshape(shape)
+        return mask.astype(np.float32)
 
     scores = shared_mask_scores(
         model,

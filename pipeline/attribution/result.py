@@ -14,8 +14,8 @@ class Attribution:
     """What an attribution method found for a batch of inputs.
 
     Attributes:
-        maps: One map per input: (N, H, W) for images (channels reduced), (N, T, F) or
-            (N, T) for sequences.
+        maps: One map per input: (N, H, W) for images (channels reduced), (N, D, H, W)
+            for volumes, (N, T, F) or (N, T) for sequences.
         raw: Class activation maps at the layer's own resolution (CAM methods only).
         layer: The layer a CAM method mapped.
         extras: Per-input arrays a method adds, for example Integrated Gradients'
@@ -60,8 +60,30 @@ def is_image(x: np.ndarray) -> bool:
     return x.ndim == 4
 
 
+def is_volume(x: np.ndarray) -> bool:
+    """Whether inputs are volumes (N, D, H, W, C)."""
+    return x.ndim == 5
+
+
+def has_channels(x: np.ndarray) -> bool:
+    """Whether the inputs' last axis is channels reduced in a map: images and volumes.
+
+    A sequence's features (N, T, F) each keep their own row instead.
+    """
+    return x.ndim in (4, 5)
+
+
+def spatial_sigmas(ndim: int, sigma: float) -> tuple[float, ...]:
+    """Gaussian widths that blur every spatial or time axis and neither batch nor channels.
+
+    (0, s, 0) for sequences (N, T, F), (0, s, s, 0) for images, (0, s, s, s, 0) for
+    volumes.
+    """
+    return (0.0, *([float(sigma)] * (ndim - 2)), 0.0)
+
+
 def reduce_channels(grads: np.ndarray, how: str = "max", image: bool = True) -> np.ndarray:
-    """Reduce |gradients| over the channel axis of images (Simonyan et al. 2013 use max).
+    """Reduce |gradients| over the channels of images and volumes (Simonyan et al. max).
 
     Sequences (N, T, F) are returned as they are: every feature is its own row.
     """

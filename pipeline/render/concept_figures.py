@@ -205,7 +205,9 @@ def class_attribution_grid(
     """Mean attribution map of each class, with its input count and faithfulness.
 
     Args:
-        mean_maps: (classes, H, W) mean maps (or (classes, T) for sequences).
+        mean_maps: (classes, H, W) mean maps (or (classes, T) for sequences, or
+            (classes, D, H, W) for volumes: drawn as their mean over depth, so each
+            tile lies as a depth slice does).
         class_names: One name per map.
         counts: (classes,) inputs averaged per class.
         deletion_auc: (classes,) mean deletion AUC per class.
@@ -234,7 +236,8 @@ def class_attribution_grid(
         if item.ndim == 1:
             ax.plot(item)
         else:
-            ax.imshow(item if item.ndim == 2 else item.mean(axis=-1), cmap=cmap, vmin=lo, vmax=hi)
+            flat = item if item.ndim == 2 else item.mean(axis=0)  # a volume: over depth
+            ax.imshow(flat, cmap=cmap, vmin=lo, vmax=hi)
         lines = [str(class_names[index])]
         if counts is not None:
             lines[0] += f" (n={int(counts[index])})"

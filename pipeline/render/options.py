@@ -26,6 +26,8 @@ class RenderOptions:
         max_channels: Channels drawn per feature-map grid.
         max_attribution_inputs: Inputs in the attribution grid.
         max_prediction_inputs: Probe inputs in the prediction grid.
+        volume_slices: Depth slices per row in the figures of volumes (D, H, W, C):
+            evenly spaced, the first and last included.
         projection: ``pca`` or ``tsne`` for 2-D projections of wide layers.
         projection_min_units: Project dense layers with at least this many units.
         layer_views: View per layer path, glob or class name (see :func:`choose_view`).
@@ -46,6 +48,7 @@ class RenderOptions:
     max_channels: int = 64
     max_attribution_inputs: int = 8
     max_prediction_inputs: int = 100
+    volume_slices: int = 6
     projection: str = "pca"
     projection_min_units: int = 64
     layer_views: dict[str, str] = field(default_factory=dict)
@@ -89,6 +92,7 @@ class RenderOptions:
             "max_channels": drawn,
             "max_attribution_inputs": drawn,
             "max_prediction_inputs": drawn,
+            "volume_slices": 64,
             "dpi": 600,
             "projection_min_units": 10**9,
         }
@@ -100,7 +104,7 @@ def _layer_view(shape: tuple, class_name: str) -> str:
     """The automatic view of a layer from its output shape (without batch) and type."""
     if class_name in ("LSTM", "GRU", "SimpleRNN") and len(shape) == 2:
         return "recurrent"
-    if len(shape) == 3:
+    if len(shape) in (3, 4):  # (h, w, channels), or (d, h, w, channels) of a Conv3D
         return "conv"
     if len(shape) == 2:
         return "projection" if class_name == "Embedding" else "recurrent"
@@ -127,6 +131,6 @@ def choose_view(overrides: dict[str, str], path: str, class_name: str, shape: tu
     if view == "auto":
         view = _layer_view(shape, class_name)
     # A view that cannot draw this shape falls back to the generic flattened view.
-    if view == "conv" and len(shape) != 3 or view == "recurrent" and len(shape) != 2:
+    if view == "conv" and len(shape) not in (3, 4) or view == "recurrent" and len(shape) != 2:
         view = "dense"
     return view

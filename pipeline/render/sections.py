@@ -16,7 +16,7 @@ from pipeline.artifacts.dataset import Split
 from pipeline.artifacts.evaluation import Evaluation
 from pipeline.artifacts.maximization import Maximization
 from pipeline.inputs import InputSpace
-from pipeline.render import figures, findings, sequence_figures, tokens
+from pipeline.render import figures, findings, sequence_figures, tokens, volume_figures
 from pipeline.render.findings import TERMS, LayerHealth
 from pipeline.render.layers import group_layers, inspected
 from pipeline.render.options import RenderOptions, choose_view
@@ -83,7 +83,28 @@ def training_section(
             "The data are unlabeled: there is no accuracy or confusion matrix, and the "
             "attributions explain each input's predicted class."
         )
-    if probe is not None and probe.x.ndim != 4:
+    volumes = probe is not None and probe.x.ndim == 5
+    if volumes and probe.index is not None and len(probe.index):
+        # Volumes (D, H, W, C): one row of depth slices per probe input, labelled. A row
+        # is as tall as a grid tile is wide: 16 rows keep the figure readable.
+        shown = slice(None, min(opts.max_prediction_inputs, 16))
+        rows = probe.index[shown]
+        labels, probs = evaluation.labels[rows], evaluation.probabilities[rows]
+        titles, colors = [], []
+        for y, p in zip(labels, probs, strict=True):
+            true = classes[y] if y >= 0 else "?"
+            titles.append(f"true {true}\npred {classes[p.argmax()]} {p.max():.2f}")
+            colors.append("#c00000" if y >= 0 and p.argmax() != y else "black")
+        src = writer.add(
+            "prediction_slices",
+            volume_figures.volume_grid,
+            probe.x[shown],
+            titles,
+            count=opts.volume_slices,
+            colors=colors,
+        )
+        sec.figure(src, "Probe volumes, evenly spaced depth slices: true and predicted labels")
+    elif probe is not None and probe.x.ndim != 4:
         sec.text("The inputs are not images: no prediction grid.")
     elif probe is not None and probe.index is not None and len(probe.index):
         shown = slice(None, opts.max_prediction_inputs)
@@ -149,7 +170,37 @@ def summary_section(
     return sec
 
 
+def _volume_figures(out: Blocks, writer, layer: LayerRecord, inputs, shown, label, opts) -> None:
+    """A Conv3D output: depth slices per channel, and its mean over the input's slices."""
+    values = layer.values(shown)
+    for i in range(shown):
+        src = writer.add(
+            f"act_{layer.path}_{i}",
+            volume_figures.volume_feature_maps,
+            values[i],
+            f"{layer.path}, {label(i)}",
+            count=opts.volume_slices,
+            cmap=opts.cmap,
+            max_channels=min(opts.max_channels, 8),
+        )
+        out.figure(src, f"{layer.path}: depth slices per channel of {label(i)}")
+    if inputs is not None and inputs.ndim == 5:
+        src = writer.add(
+            f"overlay_{layer.path}",
+            volume_figures.volume_grid,
+            inputs,
+            [label(i) for i in range(len(inputs))],
+            count=opts.volume_slices,
+            overlays=values.mean(axis=-1),
+            cmap=opts.overlay_cmap,
+        )
+        out.figure(src, f"{layer.path}: mean activation over the input's depth slices")
+
+
 def _conv_figures(out: Blocks, writer, layer: LayerRecord, inputs, shown, label, opts) -> None:
+    if len(layer.shape) == 4:
+        _volume_figures(out, writer, layer, inputs, shown, label, opts)
+        return
     values = layer.values(shown)
     for i in range(shown):
         src = writer.add(
@@ -390,7 +441,24 @@ def _image_maps(sec: Section, writer: FigureWriter, result: Attributions, classe
     sec.heading("Maps per input", "attribution-maps")
     maps = {m: r.maps for m, r in result.methods.items()}
     shown = InputSpace.from_description(result.input_space).to_display(result.inputs)
-    if shown.ndim == 3:
+    if shown.ndim == 5:
+        # Volumes (D, H, W, C): each input's depth slices, a row per method over them.
+        for i in range(min(len(shown), opts.max_inputs)):
+            src = writer.add(
+                f"attributions_{i}",
+                volume_figures.volume_methods,
+                shown[i],
+                {m: values[i] for m, values in maps.items()},
+                count=opts.volume_slices,
+                title=f"input {i}, target {int(result.targets[i])}",
+                cmap=opts.attribution_cmap,
+            )
+            sec.figure(
+                src,
+                f"Input {i}: evenly spaced depth slices, then each method's map over them "
+                "(own scale per map over the whole volume; bright: important)",
+            )
+    elif shown.ndim == 3:
         # Sequences (T, F): each input's series with every method's map as a band.
         for i in range(min(len(shown), opts.max_inputs)):
             src = writer.add(
