@@ -29,6 +29,7 @@ LAYOUT = common.layout(
     methods/<method>@options             the method's options (JSON)
     methods/<method>@score               logits or probabilities
     methods/<method>@layer               CAMs: the layer mapped
+    methods/<method>@note                how the map was made (ViT: class token dropped)
     faithfulness/<method>/deletion       (N, steps + 1) target probability as features go
     faithfulness/<method>/insertion      (N, steps + 1) as they come back
     faithfulness/<method>@deletion_auc   mean area under the deletion curve
@@ -62,6 +63,7 @@ class MethodMaps:
     raw: np.ndarray | None = None
     layer: str | None = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    note: str = ""
 
 
 @dataclass
@@ -137,6 +139,8 @@ def write_results(f, result: Attributions) -> None:
         common.write_attrs(
             group, {"options": method.options, "score": method.score, "layer": method.layer}
         )
+        if method.note:
+            group.attrs["note"] = method.note
     if result.faithfulness:
         faith = f.create_group("faithfulness")
         for name, curves in result.faithfulness.items():
@@ -179,6 +183,7 @@ def read_attributions(source: str | Path | BinaryIO, count: int | None = None) -
                 raw=group["raw"][rows] if "raw" in group else None,
                 layer=common.text_attr(group, "layer") or None,
                 extras=extras,
+                note=common.text_attr(group, "note", ""),
             )
         faithfulness, fractions, substrate = {}, None, ""
         if "faithfulness" in f:
@@ -256,6 +261,7 @@ def record_of(explanation, inputs, targets, probabilities, **attrs) -> Attributi
             layer=result.layer,
             # Per-input scalars only (a completeness error); input-sized extras stay out.
             extras={k: v for k, v in result.extras.items() if np.ndim(v) == 1},
+            note=result.note,
         )
         for name, result in explanation.results.items()
     }
