@@ -21,7 +21,15 @@ from pipeline.attribution.options import resolve
 from pipeline.attribution.result import Attribution
 from pipeline.attribution.scoring import check_targets
 from pipeline.errors import KerascopeError
-from pipeline.graph import SCORES, LayerForward, TokenGrid, attention_layers, token_grids
+from pipeline.graph import (
+    SCORES,
+    LayerForward,
+    TokenGrid,
+    attention_layers,
+    layer_edges,
+    list_layers,
+    token_grids,
+)
 
 
 def rollout_tf(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0):
@@ -48,14 +56,12 @@ def rollout_tf(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0
 
 
 def rollout_grid(model: keras.Model, layers: list[str]) -> TokenGrid:
-    """The patch grid of the first attention layer's tokens.
+    """The patch grid of the tokens the first attention layer reads.
 
     Raises:
         KerascopeError: Its tokens do not lie on a patch grid of the image.
     """
     grids = token_grids(model)
-    from pipeline.graph import layer_edges, list_layers
-
     infos = list_layers(model)
     index = {info.path: k for k, info in enumerate(infos)}
     first = index[layers[0]]
