@@ -120,6 +120,30 @@ def test_gradcam_on_patch_tokens_equals_a_hand_computation():
         method("attention_rollout")(cnn, np.zeros((1, 28, 28, 1), "float32"), [0])
 
 
+def test_rollout_on_a_model_without_attention_is_one_line_and_writes_nothing(tmp_path):
+    import os
+
+    from conftest import write_tiny_project
+
+    from pipeline.stages.attribute import _main
+
+    params, _, _ = write_tiny_project(tmp_path, n=4)  # a small CNN
+    params["attribute"] = {"methods": ["gradcam", "attention_rollout"]}
+    with pytest.raises(KerascopeError) as info:
+        _main(params)
+    message = str(info.value)
+    assert message.startswith("attention_rollout needs keras.layers.MultiHeadAttention")
+    assert "\n" not in message and not os.path.exists(params["paths"]["attributions"])
+    params["attribute"] = {
+        "methods": ["attention_rollout"],
+        "attention_rollout": {"head_fusion": "sum"},
+    }
+    with pytest.raises(
+        KerascopeError, match=r"invalid attribute.attention_rollout.head_fusion 'sum'"
+    ):
+        _main(params)
+
+
 @pytest.mark.slow
 def test_vit_through_dvc(tmp_path):
     """`dvc exp run -S model=vit` on the shrunken config: every stage to the report."""

@@ -55,6 +55,21 @@ def rollout_tf(attentions, head_fusion: str = "mean", discard_ratio: float = 0.0
     return result
 
 
+def check_attention(model: keras.Model) -> list[str]:
+    """The model's MultiHeadAttention layers, first first.
+
+    Raises:
+        KerascopeError: It has none (one line naming the method).
+    """
+    layers = attention_layers(model)
+    if not layers:
+        raise KerascopeError(
+            f"attention_rollout needs keras.layers.MultiHeadAttention layers, and model "
+            f"'{model.name}' has none; remove attention_rollout from attribute.methods"
+        )
+    return layers
+
+
 def rollout_grid(model: keras.Model, layers: list[str]) -> TokenGrid:
     """The patch grid of the tokens the first attention layer reads.
 
@@ -126,12 +141,7 @@ def attention_rollout(model: keras.Model, x: np.ndarray, targets, **options) -> 
             not image patches.
     """
     opts, common = resolve("attention_rollout", options)
-    layers = attention_layers(model)
-    if not layers:
-        raise KerascopeError(
-            f"attention_rollout needs keras.layers.MultiHeadAttention layers, and model "
-            f"'{model.name}' has none; remove attention_rollout from attribute.methods"
-        )
+    layers = check_attention(model)
     x = np.asarray(x, np.float32)
     if x.ndim != 4:
         raise KerascopeError(
