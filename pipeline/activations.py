@@ -28,7 +28,14 @@ import tensorflow as tf
 
 from pipeline.distribute import replicas_in_scope, run_distributed
 from pipeline.errors import KerascopeError
-from pipeline.graph import LayerForward, compiled, layer_info, list_layers, resolve_layers
+from pipeline.graph import (
+    LayerForward,
+    compiled,
+    layer_info,
+    list_layers,
+    resolve_layers,
+    token_grids,
+)
 
 #: Activation functions whose outputs are bounded, and which saturation zone they use.
 BOUNDED = {"tanh": "tanh", "sigmoid": "sigmoid", "softmax": "sigmoid", "hard_sigmoid": "sigmoid"}
@@ -288,10 +295,14 @@ def default_layers(model: keras.Model, selection: Sequence[str] | None) -> list[
 
 
 def layer_metas(model: keras.Model, paths: Sequence[str]):
-    """What the activations file records about each layer (class, position, activation)."""
+    """What the activations file records about each layer (class, position, activation).
+
+    A ViT's token layers also get their patch grid (see :func:`pipeline.graph.token_grids`).
+    """
     from pipeline.artifacts.activations import LayerMeta
 
     infos = {i.path: i for i in list_layers(model)}
+    grids = token_grids(model)
     return [
         LayerMeta(
             path=path,
@@ -301,6 +312,8 @@ def layer_metas(model: keras.Model, paths: Sequence[str]):
             call_index=infos[path].call_index,
             activation=activation_kind(model, path),
             is_model=any(other.startswith(path + "/") for other in infos),
+            token_grid=(grids[path].height, grids[path].width) if path in grids else None,
+            class_token=grids[path].class_token if path in grids else False,
         )
         for path in paths
     ]

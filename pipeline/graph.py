@@ -296,6 +296,85 @@ def _spatial_layers(model: keras.Model) -> list[LayerInfo]:
     return spatial
 
 
+@dataclass(frozen=True)
+class TokenGrid:
+    """How a token layer's sequence (T, C) lies over the image: a patch grid.
+
+    Attributes:
+        height: Patch rows.
+        width: Patch columns.
+        class_token: The first token is a class token, not a patch (dropped on the grid).
+    """
+
+    height: int
+    width: int
+    class_token: bool
+
+    def describe(self) -> str:
+        """One line for reports: ``7x7 patch tokens, class token dropped``."""
+        extra = ", class token dropped" if self.class_token else ""
+        return f"{self.height}x{self.width} patch tokens{extra}"
+
+
+def token_grids(model: keras.Model) -> dict[str, TokenGrid]:
+    """The layers whose outputs are patch-token sequences, and their patch grid.
+
+    A ViT cuts an image into a grid of patches (a strided Conv2D, then a Reshape to
+    tokens) and may prepend a class token. A layer with a (T, C) output, in a model
+    with image inputs, is a token layer when an earlier layer has a 2-D output (h, w,
+    K) with ``h * w == T`` (patches only) or ``h * w + 1 == T`` (a class token first,
+    as in Dosovitskiy et al. 2021); the last such earlier layer gives the grid. Layers
+    reading image rows as time steps (an LSTM over rows) have no earlier 2-D layer, so
+    they stay sequences.
+
+    Returns:
+        Layer path -> :class:`TokenGrid`, for every token layer.
+    """
+    inputs = list(model.inputs or [])
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        return {}
+    grids: dict[str, TokenGrid] = {}
+    last_map: tuple[int, int] | None = None
+    for info in list_layers(model):
+        shape = info.output_shape
+        if shape is None or isinstance(info.layer, keras.Model):
+            continue
+        if len(shape) == 3 and shape[0] and shape[1]:
+            last_map = (int(shape[0]), int(shape[1]))
+        elif len(shape) == 2 and last_map is not None and shape[0]:
+            patches = last_map[0] * last_map[1]
+            if shape[0] in (patches, patches + 1):
+                grids[info.path] = TokenGrid(*last_map, class_token=shape[0] == patches + 1)
+    return grids
+
+
+def attention_layers(model: keras.Model) -> list[str]:
+    """Paths of the ``keras.layers.MultiHeadAttention`` calls, first layer first."""
+    return [
+        i.path for i in list_layers(model) if isinstance(i.layer, keras.layers.MultiHeadAttention)
+    ]
+
+
+def _vit_cam_layer(model: keras.Model) -> str | None:
+    """The token layer feeding the last attention layer (its query), or None.
+
+    After the last attention, only the class token reaches the classifier, so the
+    gradient of the class score with respect to the patch tokens of later layers is
+    zero and a CAM there is blank; the input of the last attention is the last place
+    where patch tokens still flow into the class token (pytorch-grad-cam uses
+    ``blocks[-1].norm1`` of a timm ViT for this reason).
+    """
+    grids = token_grids(model)
+    attention = [p for p in attention_layers(model) if "@" not in p.rsplit("/", 1)[-1]]
+    if not grids or not attention:
+        return None
+    infos = [i for i in list_layers(model)]
+    index = {info.path: k for k, info in enumerate(infos)}
+    last = index[attention[-1]]
+    feeding = [a for a, b in layer_edges(model, infos) if b == last and infos[a].path in grids]
+    return infos[max(feeding)].path if feeding else None
+
+
 def default_cam_layer(model: keras.Model) -> str:
     """The layer class activation maps use by default, and what ``last_conv`` names.
 
@@ -306,10 +385,18 @@ def default_cam_layer(model: keras.Model) -> str:
     weights after it: the 1x1 convolution some nets put right before global pooling).
     If no layer is that large, the last spatial layer.
 
+    A vision transformer (patch-token layers, see :func:`token_grids`, and
+    ``MultiHeadAttention``) instead gets the token layer feeding its last attention
+    layer (see :func:`_vit_cam_layer`): later token layers reach the class score
+    through the class token only, so their patch tokens carry no gradient.
+
     Raises:
         KerascopeError: The model has no layer with a spatial or temporal output.
     """
     spatial = _spatial_layers(model)
+    vit_layer = _vit_cam_layer(model)
+    if vit_layer is not None:
+        return vit_layer
     infos = [i for i in list_layers(model) if not isinstance(i.layer, keras.Model)]
     outputs = int(model.outputs[0].shape[-1] or 0) if model.outputs else 0
     weighted = [i.position for i in infos if i.layer.weights]
@@ -446,6 +533,10 @@ def _only_tensor(outputs):
     return outputs
 
 
+#: Suffix of the tap keys under which :class:`LayerForward` returns attention scores.
+SCORES = "#attention_scores"
+
+
 class LayerForward:
     """A forward pass that also returns chosen intermediate outputs, in one pass.
 
@@ -464,6 +555,10 @@ class LayerForward:
             linear copy sharing the layer's variables), so a ReLU unit that is off still
             has a gradient; feature visualization optimises these pre-activations, as
             Olah et al. (2017) do with pre-ReLU tensors.
+        attention: Paths of ``MultiHeadAttention`` calls whose attention scores
+            (N, heads, T, T) are captured as ``taps["<path>" + SCORES]``: each is called
+            with ``return_attention_scores=True`` and passes only its output on, so the
+            model computes exactly what it computes without them.
     """
 
     def __init__(
@@ -473,11 +568,13 @@ class LayerForward:
         *,
         logits: bool = False,
         preactivation: Sequence[str] = (),
+        attention: Sequence[str] = (),
     ) -> None:
         self.model = model
         self.paths = list(paths)
+        self.attention = set(attention)
         valid = {i.path for i in list_layers(model)}
-        for path in self.paths:
+        for path in (*self.paths, *attention):
             if path not in valid:
                 raise KerascopeError(
                     f"no layer named '{path}'; {choices_hint(path, sorted(valid))}"
@@ -584,6 +681,17 @@ class LayerForward:
                 outputs = self._run(op, nested_inputs, path + "/", taps)
             elif path in self._by_path:
                 outputs = self._call_op(self._by_path[path], args, kwargs)
+            elif path in self.attention:
+                if not isinstance(op, keras.layers.MultiHeadAttention):
+                    raise KerascopeError(
+                        f"layer '{path}' returns no attention scores (a {type(op).__name__}, "
+                        "not a MultiHeadAttention)"
+                    )
+                given = bool(kwargs.get("return_attention_scores"))
+                outputs = self._call_op(op, args, {**kwargs, "return_attention_scores": True})
+                taps[path + SCORES] = outputs[1]
+                if not given:  # the graph expects the attention output alone
+                    outputs = outputs[0]
             else:
                 outputs = self._call_op(op, args, kwargs)
             if path in self._wanted:

@@ -211,6 +211,129 @@ def volume_cnn(
     return keras.Sequential(layers, name="volume_cnn")
 
 
+def _transformer_layers():
+    """The ViT's own layers (class token, position embedding, token select), defined once.
+
+    Keras has no layer that prepends a learnable token, adds a learnable position
+    table or selects one token, and a Lambda layer would be refused by safe_mode on
+    load; these small layers are registered under the ``kerascope`` package, so any
+    stage that imports this module loads a saved ViT without ``custom_modules``.
+    """
+    global _VIT_LAYERS
+    if _VIT_LAYERS is not None:
+        return _VIT_LAYERS
+    import keras
+    from keras import ops
+
+    @keras.saving.register_keras_serializable(package="kerascope")
+    class ClassToken(keras.layers.Layer):
+        """Prepend one learnable token to a sequence (N, P, C) -> (N, 1 + P, C)."""
+
+        def build(self, input_shape):
+            self.token = self.add_weight(
+                shape=(1, 1, int(input_shape[-1])), initializer="zeros", name="token"
+            )
+
+        def call(self, tokens):
+            # zeros_like(first token) + token broadcasts it over a symbolic batch size.
+            first = ops.zeros_like(tokens[:, :1, :]) + ops.cast(self.token, tokens.dtype)
+            return ops.concatenate([first, tokens], axis=1)
+
+        def compute_output_shape(self, input_shape):
+            count = None if input_shape[1] is None else input_shape[1] + 1
+            return (input_shape[0], count, input_shape[2])
+
+    @keras.saving.register_keras_serializable(package="kerascope")
+    class PositionEmbedding(keras.layers.Layer):
+        """Add a learnable embedding per position (Dosovitskiy et al. 2021, eq. 1)."""
+
+        def build(self, input_shape):
+            self.positions = self.add_weight(
+                shape=(1, int(input_shape[1]), int(input_shape[2])),
+                initializer=keras.initializers.RandomNormal(stddev=0.02),
+                name="positions",
+            )
+
+        def call(self, tokens):
+            return tokens + ops.cast(self.positions, tokens.dtype)
+
+        def compute_output_shape(self, input_shape):
+            return tuple(input_shape)
+
+    @keras.saving.register_keras_serializable(package="kerascope")
+    class TokenSelect(keras.layers.Layer):
+        """One token of a sequence (N, T, C) -> (N, C): the class token by default."""
+
+        def __init__(self, index: int = 0, **kwargs):
+            super().__init__(**kwargs)
+            self.index = int(index)
+
+        def call(self, tokens):
+            return tokens[:, self.index, :]
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], input_shape[2])
+
+        def get_config(self):
+            return {**super().get_config(), "index": self.index}
+
+    _VIT_LAYERS = (ClassToken, PositionEmbedding, TokenSelect)
+    return _VIT_LAYERS
+
+
+_VIT_LAYERS = None
+
+
+def vit(
+    input_shape: Sequence[int],
+    num_classes: int,
+    patch_size: int = 4,
+    dim: int = 32,
+    depth: int = 2,
+    heads: int = 2,
+    mlp_units: int = 64,
+) -> keras.Model:
+    """A small Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words").
+
+    Conv2D(dim, patch_size, strides=patch_size) cuts the image into patches
+    (``patches``), which become tokens; a learnable class token is prepended
+    (``class_token``) and learnable position embeddings added (``position``). Each of
+    ``depth`` pre-norm blocks is ``x + MHA(LN(x))`` then ``x + MLP(LN(x))``, with
+    ``keras.layers.MultiHeadAttention`` (``block<b>_attention``), so attention rollout
+    can read its scores. The final LayerNorm's class token feeds the softmax.
+
+    Raises:
+        ValueError: The image is smaller than one patch, or ``dim`` is not divisible
+            by ``heads``.
+    """
+    import keras
+
+    class_token, position_embedding, token_select = _transformer_layers()
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[0] < patch_size or shape[1] < patch_size:
+        raise ValueError(f"a ViT needs images (H, W, C) of at least {patch_size}x{patch_size}")
+    if dim % heads:
+        raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+    grid = (shape[0] // patch_size, shape[1] // patch_size)
+    images = keras.Input(shape, name="image")
+    x = keras.layers.Conv2D(dim, patch_size, strides=patch_size, name="patches")(images)
+    x = keras.layers.Reshape((grid[0] * grid[1], dim), name="tokens")(x)
+    x = class_token(name="class_token")(x)
+    x = position_embedding(name="position")(x)
+    for b in range(1, depth + 1):
+        y = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{b}_norm1")(x)
+        y = keras.layers.MultiHeadAttention(heads, dim // heads, name=f"block{b}_attention")(y, y)
+        x = keras.layers.Add(name=f"block{b}_add1")([x, y])
+        y = keras.layers.LayerNormalization(epsilon=1e-6, name=f"block{b}_norm2")(x)
+        y = keras.layers.Dense(mlp_units, activation="gelu", name=f"block{b}_mlp1")(y)
+        y = keras.layers.Dense(dim, name=f"block{b}_mlp2")(y)
+        x = keras.layers.Add(name=f"block{b}_add2")([x, y])
+    x = keras.layers.LayerNormalization(epsilon=1e-6, name="norm")(x)
+    x = token_select(0, name="class_output")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(images, outputs, name="vit")
+
+
 BUILDERS = {
     "mnist_cnn": mnist_cnn,
     "vgg_small": vgg_small,
@@ -218,6 +341,7 @@ BUILDERS = {
     "lstm": lstm,
     "text_cnn": text_cnn,
     "volume_cnn": volume_cnn,
+    "vit": vit,
 }
 MODEL_NAMES = (*BUILDERS, "pretrained")
 
@@ -657,6 +781,7 @@ def load_model_file(
     if not path.exists():
         raise KerascopeError(f"model file '{path}' does not exist")
     import_custom_modules(custom_modules)
+    _transformer_layers()  # registers the zoo ViT's layers, so a saved ViT loads
     if path.is_dir():
         if not (path / "saved_model.pb").exists():
             raise KerascopeError(

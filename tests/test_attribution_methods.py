@@ -562,6 +562,7 @@ INVALID = {
     "kernel_shap": ({"grid": 9}, "'kernel_shap.grid' is 9, more cells than the input has"),
     "sobol": ({"baseline": float("nan")}, "'sobol.baseline' must be a finite number"),
     "hsic": ({"designs": 1}, "'hsic.designs' must be at least 2"),
+    "attention_rollout": ({"discard_ratio": 1.0}, "'attention_rollout.discard_ratio' must be in"),
 }
 
 

@@ -48,6 +48,8 @@ LAYOUT = common.layout(
     activations/<layer path>@activation       the activation function (decides saturation)
     activations/<layer path>@dead_units       per unit: never above zero (bool)
     activations/<layer path>@saturated_units  per unit: saturated (bool)
+    activations/<layer path>@token_grid       ViT token layers: the patch grid (h, w)
+    activations/<layer path>@class_token      ViT token layers: token 0 is a class token
     @health                                   per-layer health (JSON), as in extract.json
     @model_hash                               SHA-256 of the model file
     @data_hash                                hash of the data set
@@ -69,6 +71,8 @@ class LayerMeta:
     call_index: int
     activation: str
     is_model: bool = False
+    token_grid: tuple[int, int] | None = None
+    class_token: bool = False
 
 
 def dataset_name(meta: LayerMeta) -> str:
@@ -251,6 +255,14 @@ def write_activations(
                 "saturated_units": np.asarray(units["saturated"], bool),
             },
         )
+        if meta.token_grid is not None:  # a ViT's tokens: how they lie over the image
+            common.write_attrs(
+                datasets[dataset_name(meta)],
+                {
+                    "token_grid": np.asarray(meta.token_grid, np.int64),
+                    "class_token": bool(meta.class_token),
+                },
+            )
     f.attrs["health"] = json.dumps(report)
     for path in sorted(warned):
         share = report[path]["nonfinite_fraction"]
@@ -278,10 +290,27 @@ class LayerRecord:
     dead: np.ndarray | None
     saturated: np.ndarray | None
     dataset: h5py.Dataset = field(repr=False)
+    token_grid: tuple[int, int] | None = None
+    class_token: bool = False
 
     def values(self, count: int | None = None) -> np.ndarray:
         """The activations of the first ``count`` inputs (all by default)."""
         return self.dataset[:count] if count is not None else self.dataset[()]
+
+    @property
+    def grid_shape(self) -> tuple[int, ...] | None:
+        """A token layer's shape on its patch grid (h, w, C); None for other layers."""
+        if self.token_grid is None:
+            return None
+        return (*self.token_grid, self.shape[-1])
+
+    def grid_values(self, count: int | None = None) -> np.ndarray:
+        """A token layer's activations on its patch grid (N, h, w, C), class token dropped."""
+        if self.token_grid is None:
+            raise KerascopeError(f"layer '{self.path}' holds no patch tokens")
+        tokens = self.values(count)
+        patches = tokens[:, 1:] if self.class_token else tokens
+        return patches.reshape(len(tokens), *self.grid_shape)
 
 
 @dataclass
@@ -334,6 +363,10 @@ def open_activations(path: str | Path) -> Iterator[Activations]:
                 if "saturated_units" in d.attrs
                 else None,
                 dataset=d,
+                token_grid=tuple(int(v) for v in d.attrs["token_grid"])
+                if "token_grid" in d.attrs
+                else None,
+                class_token=bool(d.attrs.get("class_token", False)),
             )
             for d in found
         ]

@@ -31,6 +31,7 @@ LAYOUT = common.layout(
     methods/<method>@options             the method's options (JSON)
     methods/<method>@score               logits or probabilities
     methods/<method>@layer               CAMs: the layer mapped
+    methods/<method>@note                how the map was made (ViT: class token dropped)
     faithfulness/<method>/deletion       (N, steps + 1) target probability as features go
     faithfulness/<method>/insertion      (N, steps + 1) as they come back
     faithfulness/<method>@deletion_auc   mean area under the deletion curve
@@ -65,6 +66,7 @@ class MethodMaps:
     layer: str | None = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
     tokens: np.ndarray | None = None
+    note: str = ""
 
 
 @dataclass
@@ -145,6 +147,8 @@ def write_results(f, result: Attributions) -> None:
         common.write_attrs(
             group, {"options": method.options, "score": method.score, "layer": method.layer}
         )
+        if method.note:
+            group.attrs["note"] = method.note
     if result.faithfulness:
         faith = f.create_group("faithfulness")
         for name, curves in result.faithfulness.items():
@@ -188,6 +192,7 @@ def read_attributions(source: str | Path | BinaryIO, count: int | None = None) -
                 layer=common.text_attr(group, "layer") or None,
                 extras=extras,
                 tokens=group["tokens"][rows] if "tokens" in group else None,
+                note=common.text_attr(group, "note", ""),
             )
         faithfulness, fractions, substrate = {}, None, ""
         if "faithfulness" in f:
@@ -266,6 +271,7 @@ def record_of(explanation, inputs, targets, probabilities, **attrs) -> Attributi
             layer=result.layer,
             # Per-input scalars only (a completeness error); input-sized extras stay out.
             extras={k: v for k, v in result.extras.items() if np.ndim(v) == 1},
+            note=result.note,
         )
         for name, result in explanation.results.items()
     }

@@ -35,6 +35,7 @@ _EXPORTS = {
     "kernel_shap": "pipeline.attribution.perturbation",
     "sobol": "pipeline.attribution.perturbation",
     "hsic": "pipeline.attribution.perturbation",
+    "attention_rollout": "pipeline.attribution.rollout",
     "deletion_insertion": "pipeline.attribution.faithfulness",
     "randomization_sanity": "pipeline.attribution.faithfulness",
     "mu_fidelity": "pipeline.attribution.metrics",

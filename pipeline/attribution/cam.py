@@ -26,7 +26,7 @@ from pipeline.attribution.options import resolve
 from pipeline.attribution.result import Attribution
 from pipeline.attribution.scoring import check_targets, forward, target_score
 from pipeline.errors import KerascopeError
-from pipeline.graph import default_cam_layer, is_spatial, layer_info
+from pipeline.graph import TokenGrid, default_cam_layer, is_spatial, layer_info, token_grids
 
 
 def cam_layer(model: keras.Model, layer: str | None) -> str:
@@ -47,13 +47,34 @@ def cam_layer(model: keras.Model, layer: str | None) -> str:
     return layer
 
 
+def token_grid(model: keras.Model, layer: str) -> TokenGrid | None:
+    """The patch grid of a ViT token layer (see :func:`pipeline.graph.token_grids`)."""
+    return token_grids(model).get(layer)
+
+
+def on_grid(acts, grid: TokenGrid | None):
+    """Token activations (b, [1 +] P, C) as a map (b, h, w, C), class token dropped.
+
+    A CAM over a ViT layer needs its patch tokens where the patches are (Chefer et al.
+    2021 and pytorch-grad-cam's ``reshape_transform`` do the same); the class token
+    has no place on the image. Other layers' activations are returned as they are.
+    """
+    if grid is None:
+        return acts
+    patches = acts[:, 1:] if grid.class_token else acts
+    return tf.reshape(patches, (-1, grid.height, grid.width, acts.shape[-1]))
+
+
 def check_cam_shapes(model: keras.Model, layer: str, input_shape: tuple) -> None:
     """Raise a one-line error if ``layer``'s map cannot be laid over the input.
 
     2-D maps (h, w) go over images; 3-D maps (d, h, w) over volumes; 1-D maps over
     time (T) go over sequences, or over the rows of an image (for models that read
-    image rows as time steps).
+    image rows as time steps). A ViT's token layer (T, C) over images is mapped on its
+    patch grid.
     """
+    if len(input_shape) == 3 and token_grid(model, layer) is not None:
+        return
     shape = layer_info(model, layer).output_shape
     if shape is None or len(shape) not in (2, 3, 4):
         raise KerascopeError(
@@ -133,6 +154,8 @@ def _cam_map(variant: str, acts, grads):
 
 
 def _cam_step(model, layer, score, input_shape, variant):
+    grid = token_grid(model, layer) if len(input_shape) == 3 else None
+
     def build():
         fwd = forward(model, score, [layer])
 
@@ -141,8 +164,8 @@ def _cam_step(model, layer, score, input_shape, variant):
                 outputs, taps = fwd(batch)
                 value = target_score(outputs, target)
             acts = taps[layer]
-            grads = tape.gradient(value, acts)
-            raw = _cam_map(variant, acts, grads)
+            grads = on_grid(tape.gradient(value, acts), grid)
+            raw = _cam_map(variant, on_grid(acts, grid), grads)
             return raw, upsample_tf(raw, input_shape)
 
         return step
@@ -171,7 +194,13 @@ def _gradient_cam(variant: str, model: keras.Model, x, targets, options: dict) -
     raw, maps = run_batched(
         fn, [x, targets], gradient_rows(model, x.shape[1:], common["batch_size"])
     )
-    return Attribution(maps, raw=raw, layer=layer)
+    return Attribution(maps, raw=raw, layer=layer, note=_note(model, layer, x))
+
+
+def _note(model: keras.Model, layer: str, x: np.ndarray) -> str:
+    """What the report says about a token layer's map: its grid, the class token dropped."""
+    grid = token_grid(model, layer) if x.ndim == 4 else None
+    return f"'{layer}' as {grid.describe()}" if grid is not None else ""
 
 
 def gradcam(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:
@@ -219,11 +248,13 @@ def layercam(model: keras.Model, x: np.ndarray, targets, **options) -> Attributi
 
 
 def _scorecam_step(model, layer, input_shape, keep):
+    grid = token_grid(model, layer) if len(input_shape) == 3 else None
+
     def build():
         fwd = forward(model, "logits", [layer])
 
         def step(batch, target):
-            acts = fwd(batch)[1][layer]  # (b, ..., K)
+            acts = on_grid(fwd(batch)[1][layer], grid)  # (b, ..., K)
             channels = acts.shape[-1]
             axes = list(range(1, acts.shape.rank - 1))
             # The `keep` channels whose activations vary the most over positions, per
@@ -294,7 +325,7 @@ def _score_cam(method: str, model: keras.Model, x, targets, options: dict):
     fn = _scorecam_step(model, layer, x.shape[1:], keep)
     rows = forward_rows(model, x.shape[1:], common["batch_size"])
     raw, maps, top = run_batched(fn, [x, targets], max(1, rows // keep))
-    return Attribution(maps, raw=raw, layer=layer), top
+    return Attribution(maps, raw=raw, layer=layer, note=_note(model, layer, x)), top
 
 
 def faster_scorecam(model: keras.Model, x: np.ndarray, targets, **options) -> Attribution:

@@ -338,6 +338,33 @@ class HsicOptions:
         check_grid(prefix, self.grid, self.baseline)
 
 
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+@dataclass
+class AttentionRolloutOptions:
+    """Attention rollout (Abnar & Zuidema 2020) over every MultiHeadAttention layer.
+
+    Attributes:
+        head_fusion: How each layer's heads become one attention matrix: ``mean`` (the
+            paper's), ``max`` or ``min``.
+        discard_ratio: Share of each row's lowest attention weights set to 0 before the
+            rollout (Gildenblat's vit-explain variant; 0 keeps all), in [0, 1).
+    """
+
+    head_fusion: str = "mean"
+    discard_ratio: float = 0.0
+
+    def check(self, prefix: str = "attention_rollout") -> None:
+        """Raise a one-line error for an invalid value."""
+        check_choice(f"{prefix}.head_fusion", self.head_fusion, HEAD_FUSIONS)
+        check_finite(f"{prefix}.discard_ratio", self.discard_ratio)
+        if not 0.0 <= self.discard_ratio < 1.0:
+            raise KerascopeError(
+                f"'{prefix}.discard_ratio' must be in [0, 1), got {self.discard_ratio!r}"
+            )
+
+
 @dataclass(frozen=True)
 class MethodSpec:
     """What a method takes: its options dataclass and which common settings it uses."""
@@ -374,6 +401,8 @@ METHOD_SPECS: dict[str, MethodSpec] = {
     "kernel_shap": MethodSpec(KernelShapOptions, ("score", "seed", "batch_size"), batch_size=256),
     "sobol": MethodSpec(SobolOptions, ("score", "seed", "batch_size"), batch_size=256),
     "hsic": MethodSpec(HsicOptions, ("score", "seed", "batch_size"), batch_size=256),
+    # Transformers: reads attention only, so no score and no layer.
+    "attention_rollout": MethodSpec(AttentionRolloutOptions, ("batch_size",), batch_size=256),
 }
 METHODS = tuple(METHOD_SPECS)
 #: What the attribute stage runs when its config names no methods (the original six).
@@ -570,6 +599,7 @@ class AttributeOptions(InputOptions):
     kernel_shap: KernelShapOptions = field(default_factory=KernelShapOptions)
     sobol: SobolOptions = field(default_factory=SobolOptions)
     hsic: HsicOptions = field(default_factory=HsicOptions)
+    attention_rollout: AttentionRolloutOptions = field(default_factory=AttentionRolloutOptions)
     faithfulness: FaithfulnessOptions = field(default_factory=FaithfulnessOptions)
     sanity: SanityOptions = field(default_factory=SanityOptions)
     metrics: MetricsOptions = field(default_factory=MetricsOptions)

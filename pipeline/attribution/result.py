@@ -21,6 +21,8 @@ class Attribution:
         extras: Per-input arrays a method adds, for example Integrated Gradients'
             ``completeness_error``, ``score_difference`` and signed, input-shaped
             ``attributions``.
+        note: What the report should say about how the map was made, for example that
+            a ViT layer's class token was dropped and its patch tokens laid on the grid.
 
     The object behaves as its ``maps`` array where numpy expects one
     (``np.asarray(result)``), and its extras read as attributes
@@ -31,6 +33,7 @@ class Attribution:
     raw: np.ndarray | None = None
     layer: str | None = None
     extras: dict[str, np.ndarray] = field(default_factory=dict)
+    note: str = ""
 
     def __getattr__(self, name: str):
         extras = self.__dict__.get("extras") or {}

@@ -16,9 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.attribution.options import HEAD_FUSIONS
 from pipeline.errors import KerascopeError, check_choice
-
-HEAD_FUSIONS = ("mean", "max", "min")
 
 
 def tokens_to_grid(tokens: np.ndarray, class_token: bool = True) -> np.ndarray:
@@ -102,22 +101,14 @@ def rollout_map(rollout: np.ndarray, class_token: bool = True) -> np.ndarray:
 def attention_scores(model, x: np.ndarray, layers: Sequence[str]) -> list[np.ndarray]:
     """The attention scores (N, heads, T, T) of ``layers``, first layer first.
 
-    Each layer must be a ``keras.layers.MultiHeadAttention`` the model calls with
-    ``return_attention_scores=True`` (its node's second output).
+    Each layer must be a ``keras.layers.MultiHeadAttention``; it is called with
+    ``return_attention_scores=True`` whether or not the model asks for them (see
+    :class:`pipeline.graph.LayerForward`).
 
     Raises:
         KerascopeError: A layer that returns no attention scores.
     """
-    from pipeline.graph import LayerForward
+    from pipeline.graph import SCORES, LayerForward
 
-    taps = LayerForward(model, list(layers))(np.asarray(x, np.float32))[1]
-    scores = []
-    for layer in layers:
-        tap = taps[layer]
-        if not isinstance(tap, list | tuple) or len(tap) != 2:
-            raise KerascopeError(
-                f"layer '{layer}' returns no attention scores; call it with "
-                "return_attention_scores=True in the model"
-            )
-        scores.append(np.asarray(tap[1]))
-    return scores
+    taps = LayerForward(model, attention=list(layers))(np.asarray(x, np.float32))[1]
+    return [np.asarray(taps[layer + SCORES]) for layer in layers]

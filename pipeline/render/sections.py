@@ -201,7 +201,14 @@ def _conv_figures(out: Blocks, writer, layer: LayerRecord, inputs, shown, label,
     if len(layer.shape) == 4:
         _volume_figures(out, writer, layer, inputs, shown, label, opts)
         return
-    values = layer.values(shown)
+    if layer.token_grid is not None:
+        # A ViT's patch tokens, drawn where their patches are (class token left out).
+        values = layer.grid_values(shown)
+        h, w = layer.token_grid
+        dropped = ", class token dropped" if layer.class_token else ""
+        out.text(f"Tokens on their {h}x{w} patch grid{dropped}.")
+    else:
+        values = layer.values(shown)
     for i in range(shown):
         src = writer.add(
             f"act_{layer.path}_{i}",
@@ -357,7 +364,8 @@ def layers_section(
         chosen = []
         for path in group.paths:
             layer = by_path[path]
-            view = choose_view(opts.layer_views, layer.path, layer.class_name, layer.shape)
+            shape = layer.grid_shape or layer.shape  # a ViT's tokens: their patch grid
+            view = choose_view(opts.layer_views, layer.path, layer.class_name, shape)
             progress()
             if view != "skip" and path in drawn:
                 chosen.append((layer, view))
@@ -403,6 +411,9 @@ def attributions_section(
     sec.text(
         f"Scores: {result.score}; target: {result.target_mode}; CAM layers: {layers or 'none'}."
     )
+    notes = [f"{m}: {r.note}" for m, r in result.methods.items() if r.note]
+    if notes:  # how a map was made where it is not the usual way (a ViT's patch tokens)
+        sec.text("How the maps were made: " + "; ".join(notes) + ".")
     if result.tokens is not None:
         _token_maps(sec, result, classes, vocab)
     else:

@@ -33,6 +33,7 @@ def run(job: Job[AttributeOptions]) -> None:
     from pipeline.attribution.cam import cam_layer
     from pipeline.attribution.heads import explained_scores, with_head
     from pipeline.attribution.options import CAM_METHODS
+    from pipeline.attribution.rollout import check_attention
     from pipeline.attribution.scoring import choose_targets, class_probabilities
     from pipeline.attribution.suite import explain
     from pipeline.attribution.text import (
@@ -55,6 +56,8 @@ def run(job: Job[AttributeOptions]) -> None:
             ids = token_ids(x)  # kept for the report's coloured tokens
             x = embed(embedding, x)
             print(f"note: token ids: attributing at the output of Embedding '{embedding.name}'")
+        if "attention_rollout" in cfg.methods:  # refused before any method runs
+            check_attention(model)
         layer = cfg.layer
         if any(m in CAM_METHODS for m in cfg.methods):
             # Resolved before a score head: a segmentation map stays a class-score map.
