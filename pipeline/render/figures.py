@@ -196,6 +196,46 @@ def prediction_grid(
     return fig
 
 
+def regression_scatter(targets: np.ndarray, outputs: np.ndarray) -> Figure:
+    """Predicted against true values on the test split, one panel per target."""
+    targets = np.asarray(targets, np.float64).reshape(len(targets), -1)
+    outputs = np.asarray(outputs, np.float64).reshape(len(outputs), -1)
+    k = min(targets.shape[1], 4)
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.2), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        ax.scatter(targets[:, j], outputs[:, j], s=10, alpha=0.7)
+        lo = float(min(targets[:, j].min(), outputs[:, j].min()))
+        hi = float(max(targets[:, j].max(), outputs[:, j].max()))
+        ax.plot([lo, hi], [lo, hi], color="#999999", linewidth=1)  # perfect predictions
+        ax.set_xlabel(f"true (output {j})")
+        ax.set_ylabel("predicted")
+    fig.suptitle("Test split: predicted against true (grey: predicted = true)")
+    fig.tight_layout()
+    return fig
+
+
+def segmentation_grid(
+    inputs: np.ndarray, masks: np.ndarray, predicted: np.ndarray, class_names: Sequence[str]
+) -> Figure:
+    """Probe inputs beside their true and predicted masks (one colour per class)."""
+    n = len(inputs)
+    k = max(len(class_names), int(max(masks.max(initial=0), predicted.max(initial=0))) + 1)
+    fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.8 * n + 0.6), squeeze=False)
+    for i in range(n):
+        _show_image(axes[i, 0], inputs[i])
+        for ax, mask in ((axes[i, 1], masks[i]), (axes[i, 2], predicted[i])):
+            image = ax.imshow(mask, cmap="tab10", vmin=-0.5, vmax=9.5, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        accuracy = float(np.mean(masks[i] == predicted[i]))
+        axes[i, 2].set_title(f"predicted ({accuracy:.0%} of pixels right)", fontsize=8)
+        axes[i, 1].set_title("true", fontsize=8)
+    names = ", ".join(f"{c}: {name}" for c, name in enumerate(list(class_names)[:k]))
+    fig.suptitle(_short(f"Probe set masks (colour = class; {names})", 70))
+    fig.colorbar(image, ax=axes[:, 1:].ravel().tolist(), label="class", shrink=0.6)
+    return fig
+
+
 def tile_mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
     """Lay (n, h, w) tiles out row by row in one array, NaN between and after tiles.
 

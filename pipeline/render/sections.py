@@ -60,6 +60,8 @@ def training_section(
         )
     else:
         sec.text("The model was loaded, not trained: no training curves.")
+    if evaluation.task != "classification":
+        return _task_training(sec, writer, evaluation, probe, opts)
     classes = evaluation.class_names
     predicted = evaluation.probabilities.argmax(-1)
     if evaluation.probabilities.ndim != 2 or evaluation.probabilities.shape[-1] < 2:
@@ -98,6 +100,44 @@ def training_section(
             classes,
         )
         sec.figure(src, "Probe inputs: true and predicted labels")
+    return sec
+
+
+def _task_training(
+    sec: Section,
+    writer: FigureWriter,
+    evaluation: Evaluation,
+    probe: Split | None,
+    opts: RenderOptions,
+) -> Section:
+    """A regression or segmentation model: its test metrics and what it predicts."""
+    sec.text(findings.task_finding(evaluation)[1])
+    if evaluation.predictions is None:
+        return sec
+    if evaluation.task == "regression":
+        sec.figure(
+            writer.add(
+                "regression_scatter",
+                figures.regression_scatter,
+                evaluation.labels,
+                evaluation.predictions,
+            ),
+            "Test split: the model's outputs against the true targets",
+        )
+    elif probe is not None and probe.index is not None and len(probe.index):
+        # Three panels per input: a dozen rows keeps the figure readable.
+        rows = probe.index[: min(opts.max_prediction_inputs, 12)]
+        sec.figure(
+            writer.add(
+                "segmentation_grid",
+                figures.segmentation_grid,
+                probe.x[: len(rows)],
+                evaluation.labels[rows],
+                evaluation.predictions[rows],
+                evaluation.class_names,
+            ),
+            "Probe inputs with their true and predicted masks",
+        )
     return sec
 
 
