@@ -119,10 +119,10 @@ def test_regression_model_through_dvc(tmp_path):
     inputs = keras.Input((12, 12, 1))
     h = keras.layers.Conv2D(4, 3, activation="relu", name="conv1")(inputs)
     h = keras.layers.Conv2D(4, 3, activation="relu", name="conv2")(h)
-    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
+    h = keras.layers.Flatten(name="flat")(h)
     model = keras.Model(inputs, keras.layers.Dense(1, name="value")(h))
-    model.compile("adam", "mse")
-    model.fit(x, y, epochs=30, batch_size=16, verbose=0)
+    model.compile(keras.optimizers.Adam(0.01), "mse")
+    model.fit(x, y, epochs=40, batch_size=16, verbose=0)
     model.save(tmp_path / "reg.keras")
     repo = copy_repo(tmp_path / "repo", SHRINK)
     proc = _exp_run(

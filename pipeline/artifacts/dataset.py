@@ -17,7 +17,7 @@ SPLITS = ("train", "val", "test", "probe")
 LAYOUT = common.layout(
     """
     train/x         inputs, float32
-    train/y         labels, int64 (-1: unlabeled); regression: float32 targets; masks
+    train/y         labels, int64 (-1: unlabeled); float32 targets or int64 masks by data.task
     val/x           inputs
     val/y           labels
     test/x          inputs

@@ -558,15 +558,18 @@ def attribution_grid(
     class_names: Sequence[str],
     cmap: str = "magma",
     alpha: float = 0.6,
+    masks: np.ndarray | None = None,
 ) -> Figure:
     """Rows: inputs. Columns: the input, then each method's map blended over it.
 
     Each map is scaled to its own maximum |value| (the colorbar's 0 to 1); signed maps
-    (Integrated Gradients) show their magnitude.
+    (Integrated Gradients) show their magnitude. ``masks`` (a segmentation model's
+    predicted masks, (N, H, W)) adds a column after the input, one colour per class.
     """
     methods = list(maps)
     n = len(inputs)
-    cols = 1 + len(methods)
+    first = 1 if masks is None else 2
+    cols = first + len(methods)
     fig, axes = plt.subplots(
         n, cols, figsize=(1.55 * cols + 1.0, 1.5 * n + 0.6), squeeze=False, layout="constrained"
     )
@@ -574,7 +577,13 @@ def attribution_grid(
     for r in range(n):
         _show_image(axes[r, 0], inputs[r])
         axes[r, 0].set_ylabel(f"target {class_names[targets[r]]}", fontsize=8)
-        for c, method in enumerate(methods, start=1):
+        if masks is not None:
+            axes[r, 1].imshow(masks[r], cmap="tab10", vmin=-0.5, vmax=9.5, interpolation="nearest")
+            axes[r, 1].set_xticks([])
+            axes[r, 1].set_yticks([])
+            if r == 0:
+                axes[r, 1].set_title("predicted\nmask", fontsize=8)
+        for c, method in enumerate(methods, start=first):
             ax = axes[r, c]
             heat = np.abs(np.asarray(maps[method][r], dtype=np.float64))
             if heat.ndim == 1:

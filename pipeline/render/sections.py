@@ -372,10 +372,32 @@ def layers_section(
     return sec
 
 
+def _predicted_masks(result: Attributions, evaluation: Evaluation | None) -> np.ndarray | None:
+    """A segmentation model's predicted masks of the explained inputs, where stored.
+
+    The train stage stores them for the test split; probe and test inputs index it.
+    """
+    if evaluation is None or evaluation.task != "segmentation" or evaluation.predictions is None:
+        return None
+    if result.provenance.get("source") not in ("probe", "test"):
+        return None
+    index = np.asarray(result.index, np.int64)
+    if len(index) and index.max() >= len(evaluation.predictions):
+        return None
+    return evaluation.predictions[index]
+
+
 def attributions_section(
-    writer: FigureWriter, result: Attributions | None, opts: RenderOptions
+    writer: FigureWriter,
+    result: Attributions | None,
+    opts: RenderOptions,
+    evaluation: Evaluation | None = None,
 ) -> Section:
-    """The attribution grid, deletion/insertion curves, the sanity bars and metrics."""
+    """The attribution grid, deletion/insertion curves, the sanity bars and metrics.
+
+    With a segmentation model's ``evaluation``, each input's predicted mask is drawn
+    beside its maps.
+    """
     sec = Section("Attributions", "attributions")
     if result is None:
         sec.text("Attributions: not computed (no attribute output; run the attribute stage).")
@@ -408,6 +430,7 @@ def attributions_section(
             result.targets,
             classes,
             opts.attribution_cmap,
+            masks=_predicted_masks(result, evaluation),
         )
         sec.figure(src, "Input, then each method's map (own scale per map; bright: important)")
     if result.faithfulness:

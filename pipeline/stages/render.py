@@ -109,7 +109,7 @@ def run(job: Job[RenderOptions]) -> None:
             f"model {model_name} on data {data_name}",
             [
                 sections.summary_section(evaluation, attributions, health, maximization, concepts),
-                sections.attributions_section(writer, attributions, cfg),
+                sections.attributions_section(writer, attributions, cfg, evaluation),
                 sections.training_section(writer, evaluation, probe, cfg),
                 sections.layers_section(writer, acts, cfg),
                 sections.maximization_section(
