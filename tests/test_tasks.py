@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import SHRINK, copy_repo, run
 
-from pipeline.data import RawData, load_npz, make_splits
+from pipeline.data import DataOptions, RawData, load_npz, make_splits
 from pipeline.errors import KerascopeError
 from pipeline.tasks import predicted_masks, regression_metrics, segmentation_metrics
 
@@ -70,6 +70,18 @@ def test_npz_targets_and_masks_are_checked(tmp_path):
         load_npz(tmp_path / "s.npz", y_key="half", task="segmentation")
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (DataOptions(name="npz", path="d.npz", task="ranking"), "invalid data.task 'ranking'"),
+        (DataOptions(task="regression"), "data.task=regression needs your own arrays"),
+    ],
+)
+def test_data_task_is_checked_in_one_line(options, message):
+    with pytest.raises(KerascopeError, match=message):
+        options.check()
+
+
 def test_regression_splits_and_probe_span_the_target_range():
     y = np.arange(200, dtype="float32")
     raw = RawData(RNG.random((200, 2)).astype("float32"), y, [], task="regression")
@@ -112,24 +124,24 @@ def test_regression_model_through_dvc(tmp_path):
     import tensorflow as tf
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
-    x = RNG.random((80, 12, 12, 1)).astype("float32")
-    y = x[:, :6, :6, 0].mean(axis=(1, 2)) * 4 - 2  # the mean of the top-left quadrant
+    # Images of random brightness; the target is the top-left quadrant's mean.
+    x = (RNG.random((80, 12, 12, 1)) * RNG.random((80, 1, 1, 1))).astype("float32")
+    y = x[:, :6, :6, 0].mean(axis=(1, 2)) * 4 - 1
     np.savez(tmp_path / "reg.npz", x=x, y=y)
     keras.utils.set_random_seed(0)
     inputs = keras.Input((12, 12, 1))
     h = keras.layers.Conv2D(4, 3, activation="relu", name="conv1")(inputs)
     h = keras.layers.Conv2D(4, 3, activation="relu", name="conv2")(h)
-    h = keras.layers.Flatten(name="flat")(h)
+    h = keras.layers.GlobalAveragePooling2D(name="gap")(h)
     model = keras.Model(inputs, keras.layers.Dense(1, name="value")(h))
     model.compile(keras.optimizers.Adam(0.01), "mse")
     model.fit(x, y, epochs=40, batch_size=16, verbose=0)
     model.save(tmp_path / "reg.keras")
     repo = copy_repo(tmp_path / "repo", SHRINK)
+    data = ["data=npz", f"data.path={tmp_path / 'reg.npz'}", "data.task=regression"]
     proc = _exp_run(
         repo,
-        "data=npz",
-        f"data.path={tmp_path / 'reg.npz'}",
-        "data.task=regression",
+        *data,
         "model=pretrained",
         f"model.path={tmp_path / 'reg.keras'}",
         "attribute.head.kind=regression",
@@ -152,9 +164,10 @@ def test_regression_model_through_dvc(tmp_path):
         value = model(xt)[:, 0]
     np.testing.assert_allclose(maps, np.abs(tape.gradient(value, xt).numpy())[..., 0], atol=1e-6)
     page = (repo / "outputs" / "report" / "index.html").read_text()
-    assert f"R² {metrics['r2']:.3f}" in page and "chance" not in page
+    assert f"Regression: test R² {metrics['r2']:.3f}" in page and "Test accuracy" not in page
+    assert metrics["r2"] > 0.5  # a model that learned: the report explains something
     # A zoo model cannot be trained on regression targets: one line, no traceback.
-    refused = _exp_run(repo, "model=mnist_cnn", check=False)
+    refused = _exp_run(repo, *data, "model=mnist_cnn", check=False)
     assert "is a zoo classifier and cannot be trained for data.task=regression" in (
         refused.stdout + refused.stderr
     )
@@ -166,6 +179,7 @@ def test_segmentation_model_through_dvc(tmp_path):
     """`dvc exp run -S data=npz -S data.task=segmentation -S attribute.head.kind=
     segmentation`: pixel accuracy and mean IoU in train.json, predicted masks in the report."""
     import keras
+    import tensorflow as tf
     from sklearn.metrics import jaccard_score
 
     x = RNG.random((60, 12, 12, 1)).astype("float32")
@@ -176,22 +190,21 @@ def test_segmentation_model_through_dvc(tmp_path):
     h = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="feat")(inputs)
     outputs = keras.layers.Conv2D(3, 1, activation="softmax", name="seg")(h)
     model = keras.Model(inputs, outputs)
-    model.compile("adam", "sparse_categorical_crossentropy")
-    model.fit(x, masks, epochs=20, batch_size=16, verbose=0)
+    model.compile(keras.optimizers.Adam(0.03), "sparse_categorical_crossentropy")
+    model.fit(x, masks, epochs=30, batch_size=16, verbose=0)
     model.save(tmp_path / "seg.keras")
     repo = copy_repo(tmp_path / "repo", SHRINK)
-    proc = _exp_run(
-        repo,
+    settings = [
         "data=npz",
         f"data.path={tmp_path / 'seg.npz'}",
         "data.task=segmentation",
         "data.class_names=[dark,mid,bright]",
         "model=pretrained",
         f"model.path={tmp_path / 'seg.keras'}",
-        "attribute.head.kind=segmentation",
-        "attribute.head.class_index=2",
         *FAST,
-    )
+    ]
+    head = ["attribute.head.kind=segmentation", "attribute.head.class_index=2"]
+    proc = _exp_run(repo, *settings, *head)
     assert "segmentation masks (12, 12), 3 classes" in proc.stdout
     scores, truth = _test_predictions(repo, model)
     predicted = scores.argmax(-1)
@@ -201,11 +214,29 @@ def test_segmentation_model_through_dvc(tmp_path):
     iou = jaccard_score(truth.reshape(-1), predicted.reshape(-1), average="macro")
     assert metrics["mean_iou"] == pytest.approx(iou)
     with h5py.File(repo / "outputs" / "attributions.h5") as f:
-        explained = f["inputs"][()]
+        explained, stored = f["inputs"][()], f["probabilities"][()][:, 0]
+        maps = f["methods/saliency/maps"][()]
         assert f.attrs["target_mode"].startswith("segmentation class 2")
         assert json.loads(f.attrs["class_names"]) == ["dark", "mid", "bright"]
-    # The explained score: class 2's scores summed where it is the predicted class.
-    out = model.predict(explained, verbose=0)
+    # The explained score: class 2's logits (before the softmax) summed where class 2 is
+    # predicted; its gradient from an independent GradientTape (the region held fixed).
+    seg = model.get_layer("seg")
+    features = keras.Model(model.inputs, seg.input)
+    xt = tf.constant(explained)
+    with tf.GradientTape() as tape:
+        tape.watch(xt)
+        logits = tf.tensordot(features(xt), seg.kernel[0, 0], 1) + seg.bias
+        region = tf.cast(tf.argmax(logits, -1) == 2, tf.float32)
+        score = tf.reduce_sum(logits[..., 2] * region, axis=[1, 2])
+    np.testing.assert_allclose(stored, score.numpy(), rtol=1e-4, atol=1e-4)
+    grads = np.abs(tape.gradient(score, xt).numpy())[..., 0]
+    np.testing.assert_allclose(maps, grads, rtol=1e-4, atol=1e-5)
     page = (repo / "outputs" / "report" / "index.html").read_text()
-    assert f"mean IoU {metrics['mean_iou']:.3f}" in page and "chance" not in page
-    assert out.shape[1:] == (12, 12, 3)
+    assert f"mean IoU {metrics['mean_iou']:.3f} on" in page and "Test accuracy" not in page
+    assert "Probe inputs with their true and predicted masks" in page
+    # Without a head the attribute stage stops in one line: masks are not classes.
+    refused = _exp_run(repo, *settings, check=False)
+    assert "data.task=segmentation, which has no classes to explain" in (
+        refused.stdout + refused.stderr
+    )
+    assert "Traceback" not in refused.stdout + refused.stderr

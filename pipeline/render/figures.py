@@ -220,20 +220,33 @@ def segmentation_grid(
     """Probe inputs beside their true and predicted masks (one colour per class)."""
     n = len(inputs)
     k = max(len(class_names), int(max(masks.max(initial=0), predicted.max(initial=0))) + 1)
-    fig, axes = plt.subplots(n, 3, figsize=(5.4, 1.8 * n + 0.6), squeeze=False)
+    cmap, norm = _class_colours(k)
+    fig, axes = plt.subplots(
+        n, 3, figsize=(5.6, 1.7 * n + 0.8), squeeze=False, layout="constrained"
+    )
     for i in range(n):
         _show_image(axes[i, 0], inputs[i])
         for ax, mask in ((axes[i, 1], masks[i]), (axes[i, 2], predicted[i])):
-            image = ax.imshow(mask, cmap="tab10", vmin=-0.5, vmax=9.5, interpolation="nearest")
+            image = ax.imshow(mask, cmap=cmap, norm=norm, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
         accuracy = float(np.mean(masks[i] == predicted[i]))
-        axes[i, 2].set_title(f"predicted ({accuracy:.0%} of pixels right)", fontsize=8)
+        axes[i, 2].set_title(f"predicted ({accuracy:.0%} right)", fontsize=8)
         axes[i, 1].set_title("true", fontsize=8)
-    names = ", ".join(f"{c}: {name}" for c, name in enumerate(list(class_names)[:k]))
-    fig.suptitle(_short(f"Probe set masks (colour = class; {names})", 70))
-    fig.colorbar(image, ax=axes[:, 1:].ravel().tolist(), label="class", shrink=0.6)
+    bar = fig.colorbar(image, ax=axes[:, 2].tolist(), label="class", shrink=0.6, ticks=range(k))
+    names = [*class_names, *[str(c) for c in range(len(class_names), k)]]
+    bar.ax.set_yticklabels([_elide(name, 16) for name in names[:k]])
+    fig.suptitle("Probe set: input, true and predicted masks")
     return fig
+
+
+def _class_colours(k: int):
+    """A colour per class index 0..k-1 (tab10, then tab20), with its norm."""
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    base = plt.get_cmap("tab10" if k <= 10 else "tab20").colors
+    colours = [base[i % len(base)] for i in range(max(k, 1))]
+    return ListedColormap(colours), BoundaryNorm(np.arange(-0.5, max(k, 1)), max(k, 1))
 
 
 def tile_mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
@@ -578,7 +591,8 @@ def attribution_grid(
         _show_image(axes[r, 0], inputs[r])
         axes[r, 0].set_ylabel(f"target {class_names[targets[r]]}", fontsize=8)
         if masks is not None:
-            axes[r, 1].imshow(masks[r], cmap="tab10", vmin=-0.5, vmax=9.5, interpolation="nearest")
+            cmap_k, norm = _class_colours(max(len(class_names), int(masks.max(initial=0)) + 1))
+            axes[r, 1].imshow(masks[r], cmap=cmap_k, norm=norm, interpolation="nearest")
             axes[r, 1].set_xticks([])
             axes[r, 1].set_yticks([])
             if r == 0:
