@@ -40,6 +40,10 @@ SOURCES = (
 
 #: The token id of padding (Keras's convention: ``pad_sequences`` and ``mask_zero``).
 PAD_ID = 0
+#: What the labels are: class indices, continuous targets, or per-pixel class masks.
+TASKS = ("classification", "regression", "segmentation")
+#: Regression targets are stratified (splits and probe set) by this many quantile bins.
+REGRESSION_BINS = 5
 
 MNIST_CLASSES = [str(i) for i in range(10)]
 FASHION_CLASSES = [
@@ -77,12 +81,14 @@ class RawData:
 
     Attributes:
         x: Inputs, float32.
-        y: Integer labels.
-        class_names: One name per class index.
+        y: Integer labels (classification), float32 targets (N,) or (N, k)
+            (regression), or integer masks (N, H, W) (segmentation).
+        class_names: One name per class index ([] for regression).
         official_test: An official (x, y) test split, if the source defines one.
         source: Where the data came from (a path or package), for provenance.
         skipped: Unreadable files skipped (image folders).
         vocab: For token ids (text data): the token string of each id, or None.
+        task: One of :data:`TASKS`.
     """
 
     x: np.ndarray
@@ -92,6 +98,7 @@ class RawData:
     source: str = ""
     skipped: list[str] = field(default_factory=list)
     vocab: list[str] | None = None
+    task: str = "classification"
 
 
 def to_unit_range(x: np.ndarray) -> np.ndarray:
@@ -328,6 +335,66 @@ def check_labels(
     return y, [str(i) for i in range(count)], note
 
 
+def check_targets(
+    y: np.ndarray, x_shape: tuple, task: str, class_names: Sequence[str] | None, where: str
+) -> tuple[np.ndarray, list[str]]:
+    """Check the labels of a regression or segmentation data set.
+
+    Regression targets are finite numbers, one row per input: (N,) or (N, k), kept as
+    float32. Segmentation masks hold one whole class index >= 0 per pixel, (N, H, W) (a
+    trailing axis of 1 is dropped); H and W are the model's output map, which may differ
+    from the input's.
+
+    Args:
+        y: The labels as stored.
+        x_shape: The inputs' shape (N first).
+        task: ``regression`` or ``segmentation``.
+        class_names: Configured class names (segmentation), or None.
+        where: The file and key, for messages.
+
+    Returns:
+        (targets or masks, class names: [] for regression).
+
+    Raises:
+        KerascopeError: Wrong count or shape, non-numbers, NaN/Inf, or bad mask values.
+    """
+    y = np.asarray(y)
+    n = x_shape[0]
+    if not np.issubdtype(y.dtype, np.number) or y.dtype.kind == "c":
+        raise KerascopeError(f"{task} targets {where} have dtype {y.dtype}; expected numbers")
+    if len(y) != n:
+        raise KerascopeError(f"{where}: {n} inputs but {len(y)} {task} targets")
+    if not np.isfinite(y).all():
+        raise KerascopeError(f"{task} targets {where} contain NaN or Inf values")
+    if task == "regression":
+        if y.ndim not in (1, 2):
+            raise KerascopeError(
+                f"regression targets {where} have shape {y.shape}; expected (N,) or (N, k)"
+            )
+        return y.astype(np.float32), []
+    if y.ndim == 4 and y.shape[-1] == 1:
+        y = y[..., 0]
+    if y.ndim != 3:
+        raise KerascopeError(
+            f"segmentation masks {where} have shape {y.shape}; expected (N, H, W) class "
+            "indices per pixel"
+        )
+    if (y != np.round(y)).any() or (y < 0).any():
+        raise KerascopeError(
+            f"segmentation masks {where} must hold class indices (whole numbers >= 0)"
+        )
+    y = y.astype(np.int64)
+    count = int(y.max()) + 1 if y.size else 0
+    if class_names:
+        if count > len(class_names):
+            raise KerascopeError(
+                f"mask value {count - 1} {where} is beyond the {len(class_names)} "
+                f"data.class_names (valid: 0..{len(class_names) - 1})"
+            )
+        return y, list(class_names)
+    return y, [str(i) for i in range(count)]
+
+
 def load_npz(
     path: str | Path,
     x_key: str = "x",
@@ -335,15 +402,17 @@ def load_npz(
     class_names=None,
     tokens: bool = False,
     vocab_key: str | None = "vocab",
+    task: str = "classification",
 ) -> RawData:
     """The user's own arrays from an ``.npz`` file.
 
     Float inputs are used as given (cast to float32); integer images are scaled to
     [0, 1] by :func:`integer_scale`, unless ``tokens`` (token ids for a text model: kept
     as they are, exactly representable in float32 below 2**24). ``y_key`` None means
-    unlabeled (all -1). Labels go through :func:`check_labels`. Pickled (object) arrays
-    are never loaded. With ``tokens``, an array ``vocab_key`` of strings (if the file
-    has one) names each token id, for the report.
+    unlabeled (all -1). Labels go through :func:`check_labels`, or :func:`check_targets`
+    for ``task`` regression or segmentation. Pickled (object) arrays are never loaded.
+    With ``tokens``, an array ``vocab_key`` of strings (if the file has one) names each
+    token id, for the report.
 
     Raises:
         KerascopeError: Missing or unreadable file, a ``.npy`` file, a missing key,
@@ -400,6 +469,13 @@ def load_npz(
     if np.issubdtype(x.dtype, np.integer) and not tokens:
         x = x.astype(np.float32) / integer_scale(x)
     x = x.astype(np.float32)
+    if task != "classification":
+        if y is None:
+            raise KerascopeError(
+                f"data.task={task} needs its targets: set data.y_key to the array in '{path}'"
+            )
+        y, names = check_targets(y, x.shape, task, class_names, f"in '{path}' ('{y_key}')")
+        return RawData(x, y, names, source=str(path), task=task)
     if y is None:
         y = np.full(len(x), -1, np.int64)
     y, names, note = check_labels(y, len(x), class_names, f"in '{path}' ('{y_key}')")
@@ -579,6 +655,25 @@ def _stratified_take(y: np.ndarray, fraction: float, rng: np.random.Generator) -
     return np.sort(np.concatenate(chosen)) if chosen else np.array([], dtype=np.int64)
 
 
+def strata(y: np.ndarray, task: str, reference: np.ndarray | None = None) -> np.ndarray:
+    """The groups that splits and the probe set are stratified by, one per input.
+
+    Classification: the labels. Regression: the quantile bin (of :data:`REGRESSION_BINS`)
+    of the first target, with bin edges from ``reference`` (default ``y``), so every
+    split and the probe set span low to high targets. Segmentation: one group (-1,
+    handled like unlabeled data).
+    """
+    if task == "regression":
+        first = np.asarray(y, np.float64).reshape(len(y), -1)[:, 0]
+        ref = first if reference is None else np.asarray(reference, np.float64)
+        ref = ref.reshape(len(ref), -1)[:, 0]
+        edges = np.quantile(ref, np.linspace(0, 1, REGRESSION_BINS + 1)[1:-1])
+        return np.digitize(first, edges).astype(np.int64)
+    if task == "segmentation":
+        return np.full(len(y), -1, np.int64)
+    return np.asarray(y)
+
+
 @dataclass
 class Splits:
     """Train/validation/test splits and the probe set (indices into test)."""
@@ -600,13 +695,17 @@ def make_splits(
 ) -> Splits:
     """Split deterministically and stratified by class, then pick the probe set.
 
+    Regression data are stratified by quantile bins of the target and segmentation data
+    not at all (see :func:`strata`).
+
     Args:
         raw: The loaded data.
         seed: Seed for every random choice here.
         val_fraction: Share of the (non-test) data used for validation.
         test_fraction: Share held out for test; None uses the source's official test split.
-        probe_per_class: How many test examples of each class form the probe set (ten
-            times as many for unlabeled data).
+        probe_per_class: How many test examples of each class (regression: of each
+            target quantile bin) form the probe set (ten times as many for unlabeled or
+            segmentation data).
         limit: Keep only this many examples (stratified) before splitting, for quick runs.
 
     Returns:
@@ -619,27 +718,30 @@ def make_splits(
         raise KerascopeError("the data set is empty")
     if not np.isfinite(x).all():
         raise KerascopeError("the inputs contain NaN or Inf values; clean the data first")
+    groups = strata(y, raw.task)
     if limit:
-        keep = _stratified_take(y, min(1.0, limit / len(y)), rng)
-        x, y = x[keep], y[keep]
+        keep = _stratified_take(groups, min(1.0, limit / len(y)), rng)
+        x, y, groups = x[keep], y[keep], groups[keep]
     if test_fraction is None and raw.official_test is not None:
         xte, yte = raw.official_test
+        test_groups = strata(yte, raw.task, reference=y)
         if limit:
-            keep = _stratified_take(yte, min(1.0, limit / len(yte)), rng)
-            xte, yte = xte[keep], yte[keep]
+            keep = _stratified_take(test_groups, min(1.0, limit / len(yte)), rng)
+            xte, yte, test_groups = xte[keep], yte[keep], test_groups[keep]
         rest = np.arange(len(y))
     else:
-        test_idx = _stratified_take(y, 0.15 if test_fraction is None else test_fraction, rng)
-        xte, yte = x[test_idx], y[test_idx]
+        fraction = 0.15 if test_fraction is None else test_fraction
+        test_idx = _stratified_take(groups, fraction, rng)
+        xte, yte, test_groups = x[test_idx], y[test_idx], groups[test_idx]
         rest = np.setdiff1d(np.arange(len(y)), test_idx)
-    val_local = _stratified_take(y[rest], val_fraction, rng)
+    val_local = _stratified_take(groups[rest], val_fraction, rng)
     val_idx = rest[val_local]
     train_idx = np.setdiff1d(rest, val_idx)
     # Shuffle training order once, deterministically, so batches mix classes.
     train_idx = train_idx[rng.permutation(len(train_idx))]
     probe = []
-    for cls in np.unique(yte):
-        members = np.flatnonzero(yte == cls)
+    for cls in np.unique(test_groups):
+        members = np.flatnonzero(test_groups == cls)
         # Unlabeled data (-1) form one "class": give it as many inputs as ten classes get.
         take = probe_per_class * (UNLABELED_PROBE_FACTOR if cls < 0 else 1)
         probe.append(np.sort(rng.choice(members, min(take, len(members)), replace=False)))
@@ -760,6 +862,8 @@ class DataOptions:
             (absent from the file: the report shows ids).
         size: ``synthetic_text``: how many reviews.
         length: ``synthetic_text``: tokens per review (padded).
+        task: What ``y`` holds (one of :data:`TASKS`): class labels, regression targets
+            (N,) or (N, k), or segmentation masks (N, H, W). ``npz`` only.
     """
 
     name: str = "mnist_sample"
@@ -779,10 +883,17 @@ class DataOptions:
     vocab_key: str | None = "vocab"
     size: int = 2000
     length: int = 16
+    task: str = "classification"
 
     def check(self, prefix: str = "data") -> None:
         """Raise a one-line error for an invalid value."""
         check_choice("data source", self.name, SOURCES)
+        check_choice(f"{prefix}.task", self.task, TASKS)
+        if self.task != "classification" and self.name != "npz":
+            raise KerascopeError(
+                f"{prefix}.task={self.task} needs your own arrays: use data=npz (data source "
+                f"'{self.name}' holds class labels)"
+            )
         check_positive(f"{prefix}.probe_per_class", self.probe_per_class)
         check_positive(f"{prefix}.limit", self.limit, optional=True)
         for key in ("val_fraction", "test_fraction"):
@@ -836,6 +947,7 @@ def load_source(name: str, options: dict) -> RawData:
             options.get("class_names"),
             options.get("tokens", False),
             options.get("vocab_key", "vocab"),
+            options.get("task", "classification"),
         )
     if name == "synthetic_text":
         return load_synthetic_text(options.get("size", 2000), options.get("length", 16))

@@ -18,7 +18,7 @@ SPLITS = ("train", "val", "test", "probe")
 LAYOUT = common.layout(
     """
     train/x         inputs, float32
-    train/y         labels, int64 (-1: unlabeled)
+    train/y         labels, int64 (-1: unlabeled); float32 targets or int64 masks by data.task
     val/x           inputs
     val/y           labels
     test/x          inputs
@@ -34,6 +34,7 @@ LAYOUT = common.layout(
     @value_range    smallest and largest input value
     @data_hash      SHA-256 of every split
     @skipped_files  unreadable images skipped with data.skip_bad (JSON)
+    @task           classification, regression or segmentation (absent: classification)
     """
 )
 
@@ -44,7 +45,8 @@ class Split:
 
     Attributes:
         x: Inputs, float32, shape (N, H, W, C) for images or (N, T, F) for sequences.
-        y: Integer class labels, shape (N,); -1 where unknown.
+        y: Integer class labels, shape (N,), -1 where unknown; for regression float32
+            targets (N,) or (N, k); for segmentation integer masks (N, H, W).
         index: For the probe split, the indices of the examples in the test split.
     """
 
@@ -65,6 +67,7 @@ class DatasetInfo:
     source: str = ""
     skipped_files: list[str] = field(default_factory=list)
     vocab: list[str] | None = None
+    task: str = "classification"
 
 
 def write_dataset(
@@ -90,7 +93,9 @@ def write_dataset(
             x, y = splits[split]
             group = f.create_group(split)
             group.create_dataset("x", data=x, compression="gzip", compression_opts=4)
-            group.create_dataset("y", data=y)
+            # Masks are images too: compressed like the inputs (labels stay as they were).
+            compressed = {"compression": "gzip", "compression_opts": 4} if y.ndim > 1 else {}
+            group.create_dataset("y", data=y, **compressed)
         f["probe"].create_dataset("index", data=probe_index)
         if info.vocab is not None:
             # A dataset, not an attribute: a real vocabulary outgrows HDF5's 64 KiB limit.
@@ -107,6 +112,9 @@ def write_dataset(
                 "value_range": np.asarray(info.value_range, dtype=np.float64),
                 "data_hash": info.data_hash,
                 "skipped_files": list(info.skipped_files) or None,
+                # Written for regression and segmentation only: a classification data
+                # set stays byte-identical to one written before tasks existed.
+                "task": None if info.task == "classification" else info.task,
             },
         )
 
@@ -123,6 +131,7 @@ def read_dataset_info(path: str | Path) -> DatasetInfo:
             source=common.text_attr(f, "source"),
             skipped_files=common.read_json_attr(f, "skipped_files", []),
             vocab=[w.decode() for w in f["vocab"][()]] if "vocab" in f else None,
+            task=common.text_attr(f, "task") or "classification",
         )
 
 

@@ -17,8 +17,9 @@ KIND, VERSION, STAGE = "evaluation", 2, "train"
 
 LAYOUT = common.layout(
     """
-    test/labels         true labels of the test split
-    test/probabilities  model outputs on the test split (N, classes)
+    test/labels         true labels of the test split (regression: targets; segmentation: masks)
+    test/probabilities  model outputs on the test split (N, classes); (N, 0) for other tasks
+    test/predictions    regression: the outputs (N, k); segmentation: predicted masks (N, H, W)
     history/<metric>    per-epoch training curves (loss, accuracy, val_loss, ...)
     @class_names        class names (JSON)
     @data_hash          hash of the data set the model was evaluated on
@@ -29,6 +30,8 @@ LAYOUT = common.layout(
     @edges              data-flow edges between those layers, as index pairs (JSON)
     @input_space        the model's input space (JSON; see pipeline/inputs.py)
     @renamed_layers     layers renamed because TensorFlow refuses their names (JSON)
+    @task               regression or segmentation (absent: classification)
+    @metrics            the test metrics of metrics/train.json (JSON; other tasks only)
     """
 )
 
@@ -59,10 +62,15 @@ class Evaluation:
     edges: list[tuple[int, int]] = field(default_factory=list)
     renamed_layers: dict[str, str] = field(default_factory=dict)
     input_space: dict = field(default_factory=dict)
+    task: str = "classification"
+    predictions: np.ndarray | None = None
+    metrics: dict = field(default_factory=dict)
 
     @property
     def labeled(self) -> bool:
-        """Whether the test split has labels (accuracy is defined)."""
+        """Whether the test split has class labels (accuracy is defined)."""
+        if self.task != "classification":
+            return False
         return bool(len(self.labels)) and bool((self.labels >= 0).all())
 
 
@@ -84,12 +92,21 @@ def write_evaluation(path: str | Path, evaluation: Evaluation, config_yaml: str)
                 "edges": [list(e) for e in evaluation.edges],
                 "renamed_layers": dict(evaluation.renamed_layers),
                 "input_space": dict(evaluation.input_space) or None,
+                # Only for other tasks: a classifier's file is unchanged.
+                "task": None if evaluation.task == "classification" else evaluation.task,
+                "metrics": dict(evaluation.metrics) or None,
             },
         )
         f.create_dataset("test/labels", data=evaluation.labels)
         f.create_dataset(
             "test/probabilities", data=np.asarray(evaluation.probabilities, np.float32)
         )
+        if evaluation.predictions is not None:
+            f.create_dataset(
+                "test/predictions",
+                data=evaluation.predictions,
+                compression="gzip" if evaluation.predictions.ndim > 2 else None,
+            )
         for key, values in evaluation.history.items():
             f.create_dataset(f"history/{key}", data=np.asarray(values, np.float64))
 
@@ -110,4 +127,7 @@ def read_evaluation(path: str | Path) -> Evaluation:
             edges=[tuple(e) for e in common.read_json_attr(f, "edges", [])],
             renamed_layers=common.read_json_attr(f, "renamed_layers", {}),
             input_space=common.read_json_attr(f, "input_space", {}),
+            task=common.text_attr(f, "task") or "classification",
+            predictions=f["test/predictions"][()] if "test/predictions" in f else None,
+            metrics=common.read_json_attr(f, "metrics", {}),
         )

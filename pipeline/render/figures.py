@@ -196,6 +196,59 @@ def prediction_grid(
     return fig
 
 
+def regression_scatter(targets: np.ndarray, outputs: np.ndarray) -> Figure:
+    """Predicted against true values on the test split, one panel per target."""
+    targets = np.asarray(targets, np.float64).reshape(len(targets), -1)
+    outputs = np.asarray(outputs, np.float64).reshape(len(outputs), -1)
+    k = min(targets.shape[1], 4)
+    fig, axes = plt.subplots(1, k, figsize=(3.2 * k, 3.2), squeeze=False)
+    for j, ax in enumerate(axes[0]):
+        ax.scatter(targets[:, j], outputs[:, j], s=10, alpha=0.7)
+        lo = float(min(targets[:, j].min(), outputs[:, j].min()))
+        hi = float(max(targets[:, j].max(), outputs[:, j].max()))
+        ax.plot([lo, hi], [lo, hi], color="#999999", linewidth=1)  # perfect predictions
+        ax.set_xlabel(f"true (output {j})")
+        ax.set_ylabel("predicted")
+    fig.suptitle("Test split: predicted against true (grey: predicted = true)")
+    fig.tight_layout()
+    return fig
+
+
+def segmentation_grid(
+    inputs: np.ndarray, masks: np.ndarray, predicted: np.ndarray, class_names: Sequence[str]
+) -> Figure:
+    """Probe inputs beside their true and predicted masks (one colour per class)."""
+    n = len(inputs)
+    k = max(len(class_names), int(max(masks.max(initial=0), predicted.max(initial=0))) + 1)
+    cmap, norm = _class_colours(k)
+    fig, axes = plt.subplots(
+        n, 3, figsize=(5.6, 1.7 * n + 0.8), squeeze=False, layout="constrained"
+    )
+    for i in range(n):
+        _show_image(axes[i, 0], inputs[i])
+        for ax, mask in ((axes[i, 1], masks[i]), (axes[i, 2], predicted[i])):
+            image = ax.imshow(mask, cmap=cmap, norm=norm, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        accuracy = float(np.mean(masks[i] == predicted[i]))
+        axes[i, 2].set_title(f"predicted ({accuracy:.0%} right)", fontsize=8)
+        axes[i, 1].set_title("true", fontsize=8)
+    bar = fig.colorbar(image, ax=axes[:, 2].tolist(), label="class", shrink=0.6, ticks=range(k))
+    names = [*class_names, *[str(c) for c in range(len(class_names), k)]]
+    bar.ax.set_yticklabels([_elide(name, 16) for name in names[:k]])
+    fig.suptitle("Probe set: input, true and predicted masks")
+    return fig
+
+
+def _class_colours(k: int):
+    """A colour per class index 0..k-1 (tab10, then tab20), with its norm."""
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    base = plt.get_cmap("tab10" if k <= 10 else "tab20").colors
+    colours = [base[i % len(base)] for i in range(max(k, 1))]
+    return ListedColormap(colours), BoundaryNorm(np.arange(-0.5, max(k, 1)), max(k, 1))
+
+
 def tile_mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
     """Lay (n, h, w) tiles out row by row in one array, NaN between and after tiles.
 
@@ -518,15 +571,18 @@ def attribution_grid(
     class_names: Sequence[str],
     cmap: str = "magma",
     alpha: float = 0.6,
+    masks: np.ndarray | None = None,
 ) -> Figure:
     """Rows: inputs. Columns: the input, then each method's map blended over it.
 
     Each map is scaled to its own maximum |value| (the colorbar's 0 to 1); signed maps
-    (Integrated Gradients) show their magnitude.
+    (Integrated Gradients) show their magnitude. ``masks`` (a segmentation model's
+    predicted masks, (N, H, W)) adds a column after the input, one colour per class.
     """
     methods = list(maps)
     n = len(inputs)
-    cols = 1 + len(methods)
+    first = 1 if masks is None else 2
+    cols = first + len(methods)
     fig, axes = plt.subplots(
         n, cols, figsize=(1.55 * cols + 1.0, 1.5 * n + 0.6), squeeze=False, layout="constrained"
     )
@@ -534,7 +590,14 @@ def attribution_grid(
     for r in range(n):
         _show_image(axes[r, 0], inputs[r])
         axes[r, 0].set_ylabel(f"target {class_names[targets[r]]}", fontsize=8)
-        for c, method in enumerate(methods, start=1):
+        if masks is not None:
+            cmap_k, norm = _class_colours(max(len(class_names), int(masks.max(initial=0)) + 1))
+            axes[r, 1].imshow(masks[r], cmap=cmap_k, norm=norm, interpolation="nearest")
+            axes[r, 1].set_xticks([])
+            axes[r, 1].set_yticks([])
+            if r == 0:
+                axes[r, 1].set_title("predicted\nmask", fontsize=8)
+        for c, method in enumerate(methods, start=first):
             ax = axes[r, c]
             heat = np.abs(np.asarray(maps[method][r], dtype=np.float64))
             if heat.ndim == 1:

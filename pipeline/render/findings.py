@@ -76,10 +76,45 @@ class LayerHealth:
     nonfinite: float = 0.0
 
 
+def task_finding(evaluation: Evaluation) -> Finding:
+    """A regression or segmentation model's test metrics, against a trivial baseline.
+
+    Regression: R² (0 is always predicting the mean target), MSE and MAE. Segmentation:
+    pixel accuracy against always predicting the most frequent class, and the mean IoU
+    (Long et al. 2015). The numbers are the train stage's ``metrics/train.json``.
+    """
+    m, n = evaluation.metrics, len(evaluation.labels)
+    if evaluation.task == "regression":
+        r2 = m.get("r2")
+        shown = f"R² {r2:.3f}" if r2 is not None else "R² undefined (constant targets)"
+        text = (
+            f"Regression: test {shown} (MSE {m.get('mse', float('nan')):.4g}, "
+            f"MAE {m.get('mae', float('nan')):.4g}) on {n} inputs; R² 0 is always "
+            "predicting the mean."
+        )
+        if r2 is not None and r2 <= 0:
+            text += " The model is no better than the mean: its explanations describe noise."
+        return ("bad" if r2 is not None and r2 <= 0 else "ok", text, "#training")
+    accuracy, iou = m.get("pixel_accuracy", float("nan")), m.get("mean_iou")
+    counts = np.bincount(np.asarray(evaluation.labels, np.int64).reshape(-1))
+    baseline = float(counts.max() / counts.sum()) if counts.sum() else float("nan")
+    level = "ok" if accuracy > baseline else "bad"
+    text = (
+        f"Segmentation: test pixel accuracy {accuracy:.1%}, mean IoU "
+        f"{iou if iou is not None else float('nan'):.3f} on {n} inputs (always the most "
+        f"frequent class: {baseline:.0%})."
+    )
+    if level == "bad":
+        text += " The model is no better than that: its explanations describe an untrained model."
+    return (level, text, "#training")
+
+
 def accuracy_finding(evaluation: Evaluation | None) -> Finding:
-    """Test accuracy, or why there is none."""
+    """Test accuracy (or a regression or segmentation metric), or why there is none."""
     if evaluation is None:
         return ("info", "Accuracy: not computed (run the train stage).", "")
+    if evaluation.task != "classification":
+        return task_finding(evaluation)
     if not evaluation.labeled:
         return ("info", "Unlabeled data: no accuracy; maps explain the predicted class.", "")
     predicted = evaluation.probabilities.argmax(-1)

@@ -60,6 +60,8 @@ def training_section(
         )
     else:
         sec.text("The model was loaded, not trained: no training curves.")
+    if evaluation.task != "classification":
+        return _task_training(sec, writer, evaluation, probe, opts)
     classes = evaluation.class_names
     predicted = evaluation.probabilities.argmax(-1)
     if evaluation.probabilities.ndim != 2 or evaluation.probabilities.shape[-1] < 2:
@@ -119,6 +121,44 @@ def training_section(
             classes,
         )
         sec.figure(src, "Probe inputs: true and predicted labels")
+    return sec
+
+
+def _task_training(
+    sec: Section,
+    writer: FigureWriter,
+    evaluation: Evaluation,
+    probe: Split | None,
+    opts: RenderOptions,
+) -> Section:
+    """A regression or segmentation model: its test metrics and what it predicts."""
+    sec.text(findings.task_finding(evaluation)[1])
+    if evaluation.predictions is None:
+        return sec
+    if evaluation.task == "regression":
+        sec.figure(
+            writer.add(
+                "regression_scatter",
+                figures.regression_scatter,
+                evaluation.labels,
+                evaluation.predictions,
+            ),
+            "Test split: the model's outputs against the true targets",
+        )
+    elif probe is not None and probe.index is not None and len(probe.index):
+        # Three panels per input: a dozen rows keeps the figure readable.
+        rows = probe.index[: min(opts.max_prediction_inputs, 12)]
+        sec.figure(
+            writer.add(
+                "segmentation_grid",
+                figures.segmentation_grid,
+                probe.x[: len(rows)],
+                evaluation.labels[rows],
+                evaluation.predictions[rows],
+                evaluation.class_names,
+            ),
+            "Probe inputs with their true and predicted masks",
+        )
     return sec
 
 
@@ -391,22 +431,43 @@ def layers_section(
     return sec
 
 
+def _predicted_masks(result: Attributions, evaluation: Evaluation | None) -> np.ndarray | None:
+    """A segmentation model's predicted masks of the explained inputs, where stored.
+
+    The train stage stores them for the test split; probe and test inputs index it.
+    """
+    if evaluation is None or evaluation.task != "segmentation" or evaluation.predictions is None:
+        return None
+    if result.provenance.get("source") not in ("probe", "test"):
+        return None
+    index = np.asarray(result.index, np.int64)
+    if len(index) and index.max() >= len(evaluation.predictions):
+        return None
+    return evaluation.predictions[index]
+
+
 def attributions_section(
     writer: FigureWriter,
     result: Attributions | None,
     opts: RenderOptions,
     vocab: list[str] | None = None,
+    evaluation: Evaluation | None = None,
 ) -> Section:
     """The attribution maps, deletion/insertion curves, the sanity bars and metrics.
 
     Maps are an image grid, series bands, or for a text model coloured tokens;
     ``vocab`` (the data set's, for token ids) names the tokens; without it ids are shown.
+    With a segmentation model's ``evaluation``, each input's predicted mask is drawn
+    beside its maps.
     """
     sec = Section("Attributions", "attributions")
     if result is None:
         sec.text("Attributions: not computed (no attribute output; run the attribute stage).")
         return sec
     classes = result.class_names or [str(i) for i in range(int(result.targets.max()) + 1)]
+    if result.target_mode not in ("predicted", "true") and not result.target_mode.isdigit():
+        # A score head (README: Model kinds): target 0 is the score, not the first class.
+        classes = ["score"]
     layers = {m: r.layer for m, r in result.methods.items() if r.layer}
     sec.text(
         f"Scores: {result.score}; target: {result.target_mode}; CAM layers: {layers or 'none'}."
@@ -417,7 +478,7 @@ def attributions_section(
     if result.tokens is not None:
         _token_maps(sec, result, classes, vocab)
     else:
-        _image_maps(sec, writer, result, classes, opts)
+        _image_maps(sec, writer, result, classes, opts, evaluation)
     _attribution_checks(sec, writer, result)
     return sec
 
@@ -447,7 +508,14 @@ def _token_maps(sec: Section, result: Attributions, classes, vocab: list[str] | 
         )
 
 
-def _image_maps(sec: Section, writer: FigureWriter, result: Attributions, classes, opts) -> None:
+def _image_maps(
+    sec: Section,
+    writer: FigureWriter,
+    result: Attributions,
+    classes,
+    opts,
+    evaluation: Evaluation | None = None,
+) -> None:
     """Images and sequences: the input, then each method's map, as figures."""
     sec.heading("Maps per input", "attribution-maps")
     maps = {m: r.maps for m, r in result.methods.items()}
@@ -489,6 +557,7 @@ def _image_maps(sec: Section, writer: FigureWriter, result: Attributions, classe
             result.targets,
             classes,
             opts.attribution_cmap,
+            masks=_predicted_masks(result, evaluation),
         )
         sec.figure(src, "Input, then each method's map (own scale per map; bright: important)")
 

@@ -16,6 +16,7 @@ from dataclasses import asdict
 
 from pipeline.attribution.options import AttributeOptions
 from pipeline.config import Job, make_job, run_stage
+from pipeline.errors import KerascopeError
 
 
 def configure(params: dict) -> Job[AttributeOptions]:
@@ -50,6 +51,14 @@ def run(job: Job[AttributeOptions]) -> None:
     # Every input is checked before any output is touched.
     with tensor_work(job, cfg) as work:
         model, inputs = work.model, work.inputs
+        task = work.info.task
+        if task != "classification" and not cfg.head.active:
+            # A class target would silently explain output unit 0 (or a pixel's scores).
+            raise KerascopeError(
+                f"the data are data.task={task}, which has no classes to explain: set "
+                f"attribute.head.kind={task} (or registered); valid kinds: regression, "
+                "multilabel, segmentation, registered"
+            )
         x, ids = inputs.x, None
         if embedding_layer(model):  # token ids: attribution starts at the embedding output
             embedding, model = split_at_embedding(model)

@@ -84,6 +84,16 @@ def prepare(job: Job, options, one_output: bool = True) -> Prepared:
     x = to_model_space(inputs.x, model, space)
     names = None if job.model.name != "pretrained" else job.model.output_classes()
     outputs = class_count(select_output(model, job.model.output))
+    if info.task != "classification":
+        # Regression targets and segmentation masks are not one class per input: the
+        # inputs are unlabeled for the stages that explain them (attribute.head says
+        # which score to explain). Segmentation keeps the data's class names.
+        classes = ClassAlignment(
+            list(info.class_names) or [str(i) for i in range(outputs)], np.zeros(0, np.int64)
+        )
+        unlabeled = np.full(len(inputs.x), -1, np.int64)
+        selection = InputSelection(x, unlabeled, inputs.index, inputs.source)
+        return Prepared(info, selection, model, space, classes)
     try:
         classes = align_classes(info.class_names, names, outputs)
     except KerascopeError:

@@ -48,12 +48,19 @@ def run(job: Job[DataOptions]) -> None:
         source=raw.source,
         skipped_files=list(raw.skipped),
         vocab=raw.vocab,
+        task=raw.task,
     )
     config_yaml = to_yaml({"seed": job.params.get("seed"), "data": job.params["data"]})
     with job.claim() as out, out.write("dataset") as tmp:
         write_dataset(tmp, arrays, splits.probe_index, info, config_yaml)
     sizes = ", ".join(f"{k}={len(v[1])}" for k, v in arrays.items())
-    print(f"data: {cfg.name} {info.input_shape}, {len(raw.class_names)} classes: {sizes}")
+    if raw.task == "regression":
+        kind = f"regression, {raw.y.reshape(len(raw.y), -1).shape[1]} target(s)"
+    elif raw.task == "segmentation":
+        kind = f"segmentation masks {raw.y.shape[1:]}, {len(raw.class_names)} classes"
+    else:
+        kind = f"{len(raw.class_names)} classes"
+    print(f"data: {cfg.name} {info.input_shape}, {kind}: {sizes}")
 
 
 main = run_stage(configure, run, __name__)  # runs under `python -m pipeline.stages.*`

@@ -110,7 +110,11 @@ def run(job: Job[RenderOptions]) -> None:
             [
                 sections.summary_section(evaluation, attributions, health, maximization, concepts),
                 sections.attributions_section(
-                    writer, attributions, cfg, dataset.vocab if dataset else None
+                    writer,
+                    attributions,
+                    cfg,
+                    vocab=dataset.vocab if dataset else None,
+                    evaluation=evaluation,
                 ),
                 sections.training_section(writer, evaluation, probe, cfg),
                 sections.layers_section(writer, acts, cfg),

@@ -3,7 +3,9 @@
 Writes ``paths.model`` (``.keras``), ``paths.evaluation`` (see
 :mod:`pipeline.artifacts.evaluation`) and the ``paths.live`` directory (dvclive:
 per-epoch curves under ``plots/metrics`` when the model was trained) and
-``<paths.metrics>/train.json``: test accuracy and loss, the DVC metric of this stage.
+``<paths.metrics>/train.json``: test accuracy and loss, the DVC metric of this stage;
+for regression and segmentation data (``data.task``) every metric of
+:data:`pipeline.tasks.METRICS`, null where it does not apply.
 
 Under ``train.strategy=multi_worker`` with several workers, Keras 3's ``fit`` fails
 (keras-team/keras#20585), so the model trains with the custom distributed loop
@@ -59,6 +61,12 @@ def _model(task: TrainJob, info):
 
     source = task.source
     if source.name != "pretrained":
+        if info.task != "classification":
+            raise KerascopeError(
+                f"model '{source.name}' is a zoo classifier and cannot be trained for "
+                f"data.task={info.task}; bring your trained model: -S model=pretrained -S "
+                "model.path=/abs/model.keras"
+            )
         classes = len(info.class_names)
         if not classes:
             raise KerascopeError(
@@ -139,7 +147,7 @@ def run(task: TrainJob) -> None:
 
     from pipeline.artifacts.dataset import read_dataset_info, read_split
     from pipeline.artifacts.evaluation import Evaluation, LayerRow, write_evaluation
-    from pipeline.data import align_classes
+    from pipeline.data import ClassAlignment, align_classes
     from pipeline.distribute import make_strategy, per_replica_batch
     from pipeline.graph import class_count, layer_edges, summary_rows
     from pipeline.models import epoch_logger, evaluate, select_output
@@ -168,12 +176,21 @@ def run(task: TrainJob) -> None:
         model, renamed = _model(task, info)
     # Explained and evaluated: model.output (the saved file keeps every output).
     explained = select_output(model, source.output)
-    names = source.output_classes() if source.name == "pretrained" else None
-    classes = align_classes(info.class_names, names, class_count(explained))
-    if classes.note and source.name == "pretrained" and info.class_names:
-        print(f"note: {classes.note}")
     space = source.space()
-    x_test, y_test = to_model_space(test.x, explained, space), classes.map_labels(test.y)
+    x_test = to_model_space(test.x, explained, space)
+    other_task = None
+    if info.task == "classification":
+        names = source.output_classes() if source.name == "pretrained" else None
+        classes = align_classes(info.class_names, names, class_count(explained))
+        if classes.note and source.name == "pretrained" and info.class_names:
+            print(f"note: {classes.note}")
+        y_test = classes.map_labels(test.y)
+    else:
+        # Targets or masks are not classes: nothing to match by name. Scored before any
+        # output is touched, so a target/output mismatch stops here in one line.
+        classes = ClassAlignment(list(info.class_names), np.zeros(0, np.int64))
+        y_test = test.y
+        other_task = _task_scores(info.task, explained, x_test, y_test, cfg.batch_size)
     with _outputs(job, chief) as out, out.write("live") as live_dir:
         # dvclive writes metrics.json at every epoch, into this temporary directory.
         live = Live(dir=str(live_dir), save_dvc_exp=False, dvcyaml=False, report=None)
@@ -212,9 +229,15 @@ def run(task: TrainJob) -> None:
                     verbose=2,
                 )
                 history = {k: [float(v) for v in values] for k, values in fit.history.items()}
-        scores = evaluate(explained, x_test, y_test, max(cfg.batch_size, 256))
-        if np.isfinite(scores.accuracy):
-            live.summary["test"] = {"accuracy": scores.accuracy, "loss": scores.loss}
+        if other_task is None:
+            scores = evaluate(explained, x_test, y_test, max(cfg.batch_size, 256))
+            probabilities, predictions, headline = scores.probabilities, None, None
+            if np.isfinite(scores.accuracy):
+                live.summary["test"] = {"accuracy": scores.accuracy, "loss": scores.loss}
+        else:
+            predictions, headline = other_task
+            probabilities = np.zeros((len(y_test), 0), np.float32)
+            live.summary["test"] = {k: v for k, v in headline.items() if v is not None}
         live.summary["params"] = int(model.count_params())
         with out.write("model") as tmp:
             model.save(tmp)
@@ -223,7 +246,7 @@ def run(task: TrainJob) -> None:
         evaluation = Evaluation(
             class_names=classes.class_names,
             labels=y_test,
-            probabilities=scores.probabilities,
+            probabilities=probabilities,
             history=history,
             trained=source.name != "pretrained",
             model_hash=model_hash,
@@ -234,24 +257,59 @@ def run(task: TrainJob) -> None:
             edges=layer_edges(model),
             renamed_layers=renamed,
             input_space=space.describe(),
+            task=info.task,
+            predictions=predictions,
+            metrics={k: v for k, v in (headline or {}).items() if v is not None},
         )
         with out.write("evaluation") as tmp:
             write_evaluation(tmp, evaluation, job.config_yaml)
-        # The headline DVC metric of this stage (null where the data are unlabeled).
-        finite = bool(np.isfinite(scores.accuracy))
-        headline = {
-            "accuracy": float(scores.accuracy) if finite else None,
-            "loss": float(scores.loss) if finite else None,
-        }
+        if headline is None:
+            # The headline DVC metric of this stage (null where the data are unlabeled).
+            finite = bool(np.isfinite(scores.accuracy))
+            headline = {
+                "accuracy": float(scores.accuracy) if finite else None,
+                "loss": float(scores.loss) if finite else None,
+            }
+            result = (
+                f"test accuracy {scores.accuracy:.4f}, loss {scores.loss:.4f}"
+                if finite
+                else "unlabeled"
+            )
+        else:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in headline.items() if v is not None)
+            result = f"{info.task}: test {shown}"
         with out.write("metrics/train.json") as tmp:
             tmp.write_text(json.dumps(headline, indent=2))
         live.end()
-    result = (
-        "unlabeled"
-        if not np.isfinite(scores.accuracy)
-        else f"test accuracy {scores.accuracy:.4f}, loss {scores.loss:.4f}"
-    )
     print(f"train: {model.name} {result}")
+
+
+def _task_scores(task: str, model, x, y, batch_size: int):
+    """A regression or segmentation model's test predictions and metrics.
+
+    Returns:
+        (predictions: the outputs (N, k) or the predicted masks (N, H, W); every
+        metric of :data:`pipeline.tasks.METRICS`, None where it does not apply).
+    """
+    import numpy as np
+
+    from pipeline.graph import output_activation
+    from pipeline.tasks import (
+        empty_metrics,
+        predicted_masks,
+        regression_metrics,
+        regression_outputs,
+        segmentation_metrics,
+    )
+
+    outputs = model.predict(x, batch_size=max(batch_size, 256), verbose=0)
+    headline = empty_metrics()
+    if task == "regression":
+        headline.update(regression_metrics(y, outputs))
+        return regression_outputs(y, outputs)[1].astype(np.float32), headline
+    masks = predicted_masks(outputs, output_activation(model))
+    headline.update(segmentation_metrics(y, masks))
+    return masks, headline
 
 
 main = run_stage(configure, run, __name__)  # runs under `python -m pipeline.stages.*`
