@@ -230,3 +230,25 @@ def test_killed_extraction_leaves_no_final_file(tmp_path):
     assert not (out_dir / "activations.h5").exists()
     assert not (out_dir / "metrics" / "extract.json").exists()
     assert not (out_dir / "metrics" / "layer_health.json").exists()
+
+
+def test_extraction_batches_stay_within_the_memory_budget(tmp_path, monkeypatch, capsys):
+    import pipeline.activations as activations
+    from pipeline.stages.extract import _main
+
+    params, x, model = write_tiny_project(tmp_path)
+    paths = ["conv", "flat", "out"]
+    # Counted by hand: conv 6*6*3 = 108, flat 108, out 4 values a row; 2 copies of float32.
+    per_row = 2 * 4 * (108 + 108 + 4)
+    assert activations.rows_within_budget(model, paths, 256, budget=per_row * 7) == 7
+    assert activations.rows_within_budget(model, paths, 5, budget=per_row * 7) == 5
+    assert activations.rows_within_budget(model, paths, 256, budget=1) == 1
+    # Through the stage: a budget of 7 rows gives 7-input batches and the same file.
+    monkeypatch.setattr(activations, "EXTRACT_BUDGET", per_row * 7)
+    params["extract"] = {"batch_size": 16}
+    _main(params)
+    assert "note: extract: 7 inputs per batch" in capsys.readouterr().out
+    with h5py.File(params["paths"]["activations"]) as f:
+        sub = keras.Model(model.inputs, model.get_layer("conv").output)
+        np.testing.assert_allclose(f["activations/conv"][()], sub.predict(x, verbose=0), atol=1e-5)
+        np.testing.assert_allclose(f["predictions"][()], model.predict(x, verbose=0), atol=1e-5)

@@ -53,6 +53,7 @@ def run(job: Job[ExtractOptions]) -> None:
         iter_activations,
         layer_metas,
         overall_health,
+        rows_within_budget,
     )
     from pipeline.artifacts.activations import write_activations, write_header
     from pipeline.stages.common import tensor_work
@@ -63,6 +64,9 @@ def run(job: Job[ExtractOptions]) -> None:
     with tensor_work(job, cfg, one_output=False) as work:
         chosen = default_layers(work.model, cfg.layers)
         metas = layer_metas(work.model, chosen)
+        rows = rows_within_budget(work.model, chosen, cfg.batch_size)
+        if rows < cfg.batch_size:
+            print(f"note: extract: {rows} inputs per batch, to keep a batch's activations in 1 GiB")
         started = time.perf_counter()
         x = work.inputs.x
         bar = tqdm(total=len(x), desc="extract", unit="input", disable=None, file=sys.stderr)
@@ -78,11 +82,11 @@ def run(job: Job[ExtractOptions]) -> None:
                 write_header(f, job.config_yaml, attrs, work.inputs.y, work.inputs.index)
                 report = write_activations(
                     f,
-                    iter_activations(work.model, x, chosen, cfg.batch_size, stats=True),
+                    iter_activations(work.model, x, chosen, rows, stats=True),
                     [x],
                     metas,
                     ActivationHealth({m.path: m.activation for m in metas}),
-                    batch_size=cfg.batch_size,
+                    batch_size=rows,
                     compression=None if cfg.compression == "none" else cfg.compression,
                     fail_on_nonfinite=cfg.fail_on_nonfinite,
                     progress=bar.update,
