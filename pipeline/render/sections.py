@@ -465,7 +465,8 @@ def attributions_section(
         sec.text("Attributions: not computed (no attribute output; run the attribute stage).")
         return sec
     classes = result.class_names or [str(i) for i in range(int(result.targets.max()) + 1)]
-    if result.target_mode not in ("predicted", "true") and not result.target_mode.isdigit():
+    head = result.target_mode not in ("predicted", "true") and not result.target_mode.isdigit()
+    if head and int(np.max(result.targets, initial=0)) == 0:
         # A score head (README: Model kinds): target 0 is the score, not the first class.
         classes = ["score"]
     layers = {m: r.layer for m, r in result.methods.items() if r.layer}
