@@ -19,19 +19,21 @@ from pipeline.graph import compiled, list_layers
 MEMORY_BUDGET = 1 << 30
 
 #: Activations one gradient step holds when its rows are chosen automatically (``rows``
-#: None): about the size of a server CPU's last-level cache, where a backward pass stays
-#: fast. Measured on 2 Xeon cores: the tutorial convnet (26 KB of activations per row)
-#: ran SmoothGrad 1.7x faster with 1,024-row steps than with 64, while a VGG-like net
-#: (1.1 MB per row) was fastest with 32-64 rows and slower with 256.
-STEP_BUDGET = 48 << 20
+#: None). Measured on 2 EPYC cores with the noise drawn on the device (2026-12-03): the
+#: VGG-like benchmark net (1.1 MB of activations per row) ran SmoothGrad and Integrated
+#: Gradients 1.15-1.2x slower with 32-64-row steps than with 256, saliency 1.2x; the
+#: tutorial convnet (26 KB per row) gains up to its 1,024-row cap. Large models (a
+#: MobileNetV2 at 96x96 holds 16 MB per row) get the lower bound of AUTO_ROWS.
+STEP_BUDGET = 256 << 20
 
 #: Bounds of an automatic gradient step, in rows: at least enough to amortise a call's
 #: fixed cost on a large model, at most what a tiny model gains from.
 AUTO_ROWS = (16, 1024)
 
 #: Rows of an automatic forward-only step (masked inputs, deletion steps, Score-CAM
-#: channels), before the memory budget.
-AUTO_FORWARD_ROWS = 256
+#: channels), before the memory budget. Score-CAM on the tutorial convnet ran 1.5x
+#: faster with 1,024-row steps than with 256, and no slower on the VGG-like net.
+AUTO_FORWARD_ROWS = 1024
 
 
 def spec(shape: Sequence[int], dtype=tf.float32) -> tf.TensorSpec:

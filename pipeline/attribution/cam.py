@@ -259,9 +259,13 @@ def _scorecam_step(model, layer, input_shape, keep):
             axes = list(range(1, acts.shape.rank - 1))
             # The `keep` channels whose activations vary the most over positions, per
             # input (tf-keras-vis's max_N; all of them when keep == channels).
-            importance = tf.math.reduce_variance(acts, axis=axes)
-            top = tf.math.top_k(importance, keep).indices  # (b, keep)
-            chosen = tf.gather(acts, top, axis=-1, batch_dims=1)  # (b, ..., keep)
+            if keep == channels:  # every channel, in order: no ranking to pay for
+                top = tf.broadcast_to(tf.range(channels), (tf.shape(acts)[0], channels))
+                chosen = acts
+            else:
+                importance = tf.math.reduce_variance(acts, axis=axes)
+                top = tf.math.top_k(importance, keep).indices  # (b, keep)
+                chosen = tf.gather(acts, top, axis=-1, batch_dims=1)  # (b, ..., keep)
             perm = [0, acts.shape.rank - 1, *axes]
             chosen = tf.reshape(tf.transpose(chosen, perm), (-1, *acts.shape[1:-1]))
             masks = upsample_tf(chosen, input_shape)  # (b * keep, H, W) or (b * keep, T)
@@ -276,7 +280,10 @@ def _scorecam_step(model, layer, input_shape, keep):
             probs = target_score(fwd.probabilities(logits), tf.repeat(target, keep))
             # Softmax of the channels' scores, as in the paper's reference code.
             weights = tf.nn.softmax(tf.reshape(probs, (-1, keep)), axis=1)
-            full = tf.reduce_sum(tf.one_hot(top, channels) * weights[..., None], axis=1)
+            if keep == channels:
+                full = weights
+            else:
+                full = tf.reduce_sum(tf.one_hot(top, channels) * weights[..., None], axis=1)
             raw = combine(acts, full)
             return raw, upsample_tf(raw, input_shape), top
 

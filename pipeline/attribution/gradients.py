@@ -12,7 +12,12 @@ import tensorflow as tf
 
 from pipeline.attribution.batching import compile_step, gradient_rows, run_batched, spec
 from pipeline.attribution.options import resolve
-from pipeline.attribution.result import Attribution, has_channels, reduce_channels
+from pipeline.attribution.result import (
+    Attribution,
+    has_channels,
+    over_channels,
+    reduce_channels,
+)
 from pipeline.attribution.scoring import check_targets, gradient_step
 
 
@@ -219,5 +224,5 @@ def gradient_x_input(model: keras.Model, x: np.ndarray, targets, **options) -> A
     x = np.asarray(x, np.float32)
     grads = input_gradients(model, x, targets, common["score"], common["batch_size"])
     attributions = grads * x
-    maps = attributions.sum(axis=-1) if has_channels(x) else attributions
+    maps = over_channels(attributions) if has_channels(x) else attributions
     return Attribution(maps, extras={"attributions": attributions})

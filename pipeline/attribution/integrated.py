@@ -11,7 +11,12 @@ import tensorflow as tf
 
 from pipeline.attribution.batching import compile_step, gradient_rows, run_batched, spec
 from pipeline.attribution.options import BASELINES, resolve
-from pipeline.attribution.result import Attribution, has_channels, spatial_sigmas
+from pipeline.attribution.result import (
+    Attribution,
+    has_channels,
+    over_channels,
+    spatial_sigmas,
+)
 from pipeline.attribution.scoring import check_targets, gradient_step
 from pipeline.errors import KerascopeError
 
@@ -110,7 +115,7 @@ def integrated_gradients(model: keras.Model, x: np.ndarray, targets, **options) 
     per_step = max(1, rows // (steps + 1))
     attributions, difference = run_batched(fn, [x, base, targets], per_step)
     total = attributions.reshape(len(x), -1).sum(axis=1)
-    maps = attributions.sum(axis=-1) if has_channels(x) else attributions
+    maps = over_channels(attributions) if has_channels(x) else attributions
     return Attribution(
         maps,
         extras={
