@@ -296,7 +296,7 @@ def inputs(model, method: str):
     return common.inputs_for(model, n), (np.arange(n) % 10).astype(np.int32)
 
 
-def measure(tools: dict, max_runs: dict | None = None, budget: float = 2.0) -> dict:
+def measure(tools: dict, max_runs: dict | None = None, budget: float = 6.0) -> dict:
     """Interleaved timings: every round calls each tool once, so load from other jobs on
     the machine hits all tools alike. A tool that fails records its error instead.
 

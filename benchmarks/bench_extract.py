@@ -38,7 +38,7 @@ from pipeline.artifacts.activations import write_activations
 
 N = {"mnist_cnn": 2000, "vgg_small": 400}  # vgg_small: 1 MB of activations per input
 BATCH = 256
-REPEAT = 5
+REPEAT = 10
 
 
 def kerascope_to_hdf5(model, x, path: str, compression=None) -> None:

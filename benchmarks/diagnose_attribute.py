@@ -5,16 +5,21 @@ the model's activations, noise drawn on the device) against the same call with t
 former fixed steps (``batch_size`` 64 and 128), the floor, and the upsampling of the raw
 CAM maps alone. Writes ``benchmarks/results/attribute-diagnosis.json``.
 
-Run: python benchmarks/diagnose_attribute.py
+With ``--steps`` it instead sweeps the step size (``batch_size`` None, 32, 64, 128, 256
+rows) of saliency, SmoothGrad, Integrated Gradients and Score-CAM on both models,
+interleaved with the floor, and writes ``results/attribute-steps.json``.
+
+Run: python benchmarks/diagnose_attribute.py [--steps]
 """
 
 from __future__ import annotations
 
+import argparse
 from functools import partial
 
 import common
 import tensorflow as tf
-from bench_attribute import Floors, inputs, measure
+from bench_attribute import Floors, inputs, measure, quiet
 
 import pipeline.attribution as a
 
@@ -62,5 +67,38 @@ def main() -> None:
     common.save("attribute-diagnosis", out)
 
 
+def sweep_steps() -> None:
+    """Each method at several step sizes beside its floor (times relative to the floor)."""
+    out = {}
+    cases = (
+        ("saliency", "saliency", (None, 32, 64, 128, 256)),
+        ("smoothgrad", "smoothgrad", (None, 32, 64, 128, 256)),
+        ("integrated_gradients", "integrated_gradients", (None, 32, 64, 128, 256)),
+        ("scorecam", "scorecam", (None, 256, 512, 1024, 2048)),
+    )
+    for name, layer in (("mnist_cnn", "conv2"), ("vgg_small", "block3_conv2")):
+        m = common.keras3_model(name)
+        fl = Floors(m, layer, False)
+        for method, floor, sizes in cases:
+            x, t = inputs(m, method)
+            fn = getattr(a, method)
+            extra = {"layer": layer} if method == "scorecam" else {}
+            tools = {"floor": partial(fl.run, floor, x, t)}
+            for size in sizes:
+                label = "automatic" if size is None else f"batch_size={size}"
+                tools[label] = partial(quiet, fn, m, x, t, batch_size=size, **extra)
+            times = measure(tools, budget=10.0)
+            out[f"{name} {method}"] = times
+            best = min(times["floor"])
+            shown = ", ".join(f"{k} {min(v) / best:.2f}" for k, v in times.items() if k != "floor")
+            print(f"{name} {method} (floor {best * 1000:.1f} ms): {shown}", flush=True)
+    common.save("attribute-steps", out)
+
+
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", action="store_true", help="sweep the step size instead")
+    if parser.parse_args().steps:
+        sweep_steps()
+    else:
+        main()

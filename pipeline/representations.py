@@ -28,7 +28,8 @@ runs (experiments) on the same inputs, every Gram matrix computed once per batch
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import tensorflow as tf
@@ -110,10 +111,8 @@ def _unbiased_hsic(grams: tf.Tensor) -> tf.Tensor:
     return total / (n * (n - 3))
 
 
-@tf.function(reduce_retracing=True)
-def _batch_hsic(features: list[tf.Tensor]) -> tf.Tensor:
-    """One batch: each layer's Gram matrix once, then the unbiased HSIC of every pair."""
-    return _unbiased_hsic(tf.stack([_centered_gram(f) for f in features]))
+_gram = tf.function(_centered_gram, reduce_retracing=True)
+_hsic = tf.function(_unbiased_hsic, reduce_retracing=True)
 
 
 class MinibatchCKA:
@@ -144,10 +143,13 @@ class MinibatchCKA:
         """Add one batch of both representations' layers, each (batch, ...).
 
         Args:
-            features_a: One array per layer of the first representation.
-            features_b: One array per layer of the second (the same inputs, in the same
-                order); None: compare ``features_a`` with itself. An array passed in
-                both lists (the same object) gets one Gram matrix.
+            features_a: One array per layer of the first representation, or a
+                zero-argument callable returning it: each layer is then read only when
+                its Gram matrix is due, so a batch never holds more than one layer's
+                activations (a 224x224 MobileNetV2 holds 12 GB for 100 inputs).
+            features_b: One array (or callable) per layer of the second (the same
+                inputs, in the same order); None: compare ``features_a`` with itself.
+                An item passed in both lists (the same object) gets one Gram matrix.
 
         Raises:
             KerascopeError: Layers disagree on the batch, it has fewer than 4 inputs,
@@ -161,18 +163,23 @@ class MinibatchCKA:
             if id(array) not in unique:
                 unique[id(array)] = len(arrays)
                 arrays.append(array)
-        sizes = {len(a) for a in arrays}
-        if len(sizes) != 1 or min(sizes) < MIN_BATCH:
-            raise KerascopeError(
-                f"every layer of a CKA batch needs the same {MIN_BATCH} or more inputs, got "
-                f"{sorted(sizes)}"
-            )
         if self._cross is not None and self._cross.shape != (len(features_a), len(features_b)):
             raise KerascopeError(
                 f"CKA batch has {len(features_a)} x {len(features_b)} layers, earlier ones "
                 f"{self._cross.shape[0]} x {self._cross.shape[1]}"
             )
-        hsic = _batch_hsic([tf.convert_to_tensor(np.asarray(a)) for a in arrays]).numpy()
+        sizes, grams = set(), []
+        for array in arrays:  # one layer's activations alive at a time
+            values = np.asarray(array() if callable(array) else array)
+            sizes.add(len(values))
+            if len(sizes) != 1 or len(values) < MIN_BATCH:
+                raise KerascopeError(
+                    f"every layer of a CKA batch needs the same {MIN_BATCH} or more inputs, "
+                    f"got {sorted(sizes)}"
+                )
+            grams.append(_gram(tf.convert_to_tensor(values)))
+            del values
+        hsic = _hsic(tf.stack(grams)).numpy()
         index_a = [unique[id(a)] for a in features_a]
         index_b = [unique[id(b)] for b in features_b]
         weight = float(sizes.pop())
@@ -281,13 +288,19 @@ def cka_matrix(
     wanted = [(source_a, layer) for layer in layers_a] + [(source_b, layer) for layer in layers_b]
     estimate = MinibatchCKA()
     for start, stop in cka_bounds(lengths.pop(), batch_size):
-        read: dict[tuple[int, str], np.ndarray] = {}
+        # Readers, not arrays: each layer is read when its Gram matrix is computed, and
+        # a layer in both lists is one reader, so it is read once.
+        readers: dict[tuple[int, str], Callable[[], np.ndarray]] = {}
         for source, layer in wanted:
-            if (id(source), layer) not in read:
-                read[id(source), layer] = np.asarray(source[layer][start:stop])
-        features = [read[id(source), layer] for source, layer in wanted]
+            if (id(source), layer) not in readers:
+                readers[id(source), layer] = partial(_read_rows, source[layer], start, stop)
+        features = [readers[id(source), layer] for source, layer in wanted]
         estimate.update(features[: len(layers_a)], features[len(layers_a) :])
     return estimate.result()
+
+
+def _read_rows(dataset, start: int, stop: int) -> np.ndarray:
+    return np.asarray(dataset[start:stop])
 
 
 def _cross_result(

@@ -14,6 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.attribution.batching import forward_rows
 from pipeline.errors import KerascopeError, choices_hint
 from pipeline.graph import KEYWORDS, keyword_layer, layer_info
 from pipeline.maximization.objectives import objective_forward, objective_values
@@ -63,11 +64,14 @@ def probe_objective(
     model: keras.Model, objective: Objective | Sum, probe_x: np.ndarray
 ) -> np.ndarray:
     """Objective value of every unit on every probe input: (inputs, units)."""
-    forward = objective_forward(model, objective)
+    # Compiled, so each layer's output is freed once used, and in batches whose
+    # forward pass stays within the attribution steps' memory budget.
+    forward = tf.function(objective_forward(model, objective), reduce_retracing=True)
+    step = forward_rows(model, tuple(probe_x.shape[1:]), None)
     n_units = _unit_count(model, objective)
     values = []
-    for start in range(0, len(probe_x), 256):
-        batch = tf.convert_to_tensor(probe_x[start : start + 256])
+    for start in range(0, len(probe_x), step):
+        batch = tf.convert_to_tensor(probe_x[start : start + step])
         acts = forward(batch)
         rows = []
         for unit in range(n_units):
