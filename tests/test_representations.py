@@ -258,3 +258,30 @@ def test_cross_run_cka_reads_activation_files(tmp_path):
         cross_run_cka({**files, "fewer": params["paths"]["activations"]})
     with pytest.raises(KerascopeError, match="run 'base' has no activations of layer 'dense'"):
         cross_run_cka(files, ["dense"])
+
+
+def test_readers_are_read_one_layer_at_a_time_and_give_the_same_matrix():
+    """Callables stand for layers too large to hold together: each is read only when its
+    Gram matrix is due, after the previous layer's array is gone."""
+    import weakref
+
+    rng = np.random.default_rng(8)
+    layers = [rng.random((30, 6, 6, 4)).astype(np.float32) for _ in range(3)]
+    layers[1] += layers[0] * 2  # some shared structure
+    alive: list[weakref.ref] = []
+
+    def reader(i):
+        def read():
+            assert all(ref() is None for ref in alive), "an earlier layer is still held"
+            array = layers[i].copy()  # a fresh array, as a read from a file would give
+            alive.append(weakref.ref(array))
+            return array
+
+        return read
+
+    readers = [reader(i) for i in range(3)]
+    streamed = MinibatchCKA()
+    streamed.update(readers)
+    assert len(alive) == 3  # each reader read once, though it is a row and a column
+    expected = [[_cka_unbiased(a, b) for b in layers] for a in layers]
+    np.testing.assert_allclose(streamed.result(), expected, rtol=1e-5)
