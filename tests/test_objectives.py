@@ -226,12 +226,12 @@ def test_target_labels_are_distinct():
 def test_probe_values_are_the_same_in_steps_of_any_size(model, monkeypatch):
     """The probe pass runs in steps bounded by a memory budget; two-row steps give what
     the by-hand forward pass gives on all inputs at once."""
-    from pipeline.attribution import batching
+    from pipeline import budget
 
     images = np.random.default_rng(4).random((7, 12, 12, 3)).astype("float32")
-    per_row = 3 * 4 * max(batching._output_sizes(model, (12, 12, 3)))
-    monkeypatch.setattr(batching, "MEMORY_BUDGET", 2 * per_row)
-    assert batching.forward_rows(model, (12, 12, 3), None) == 2
+    per_row = 3 * 4 * max(budget.output_sizes(model, (12, 12, 3)))
+    monkeypatch.setattr(budget.forward_batch_rows, "__defaults__", (2 * per_row,))
+    assert budget.forward_batch_rows(model, (12, 12, 3), 256) == 2
     values = probe_objective(model, Objective("conv1", "layer"), images)
     expected = np.mean(_by_hand(model, images)["conv1"] ** 2, axis=(1, 2, 3))
     np.testing.assert_allclose(values[:, 0], expected, rtol=1e-5)

@@ -10,13 +10,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from pipeline.budget import DEFAULT_MEMORY_BUDGET, forward_batch_rows
+from pipeline.budget import output_sizes as _output_sizes
 from pipeline.distribute import run_distributed
-from pipeline.errors import KerascopeError
-from pipeline.graph import compiled, list_layers
+from pipeline.graph import compiled
 
 #: Memory one compiled step may fill with activations, in bytes: its batch shrinks to
 #: fit (see :func:`gradient_rows` and :func:`forward_rows`). Small models never reach it.
-MEMORY_BUDGET = 1 << 30
+MEMORY_BUDGET = DEFAULT_MEMORY_BUDGET
 
 #: Activations one gradient step holds when its rows are chosen automatically (``rows``
 #: None). Measured on 2 EPYC cores with the noise drawn on the device (2026-12-03): the
@@ -80,29 +81,6 @@ def batch_progress(hook: Callable[[int, int], None]) -> Iterator[None]:
         _BATCH_HOOK.reset(token)
 
 
-def _output_sizes(model: keras.Model, sample_shape: Sequence[int]) -> list[int]:
-    """Values each layer call outputs for one input, the input first.
-
-    An unknown axis (a sequence of any length) counts as the input's first axis; a model
-    with no inspectable graph counts as its input ten times over.
-    """
-    size = int(np.prod(sample_shape))
-    unknown = int(sample_shape[0]) if len(sample_shape) else 1
-    try:
-        infos = list_layers(model)
-    except KerascopeError:
-        return [size] * 10
-
-    def elements(shape) -> int:
-        if shape is None:
-            return 0
-        if any(isinstance(d, tuple | list) for d in shape):  # several outputs
-            return sum(elements(s) for s in shape)
-        return int(np.prod([unknown if d is None else int(d) for d in shape]))
-
-    return [size, *(elements(info.output_shape) for info in infos)]
-
-
 def activation_elements(model: keras.Model, sample_shape: Sequence[int]) -> int:
     """Values every layer of ``model`` outputs for one input of ``sample_shape``."""
     return sum(_output_sizes(model, sample_shape))
@@ -120,8 +98,7 @@ def forward_rows(
     """
     rows = AUTO_FORWARD_ROWS if rows is None else rows
     budget = MEMORY_BUDGET if budget is None else budget
-    per_row = 3 * 4 * max(_output_sizes(model, sample_shape))
-    return max(1, min(int(rows), budget // max(1, per_row)))
+    return forward_batch_rows(model, sample_shape, rows, budget)
 
 
 def gradient_rows(

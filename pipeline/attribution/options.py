@@ -386,14 +386,14 @@ METHOD_SPECS: dict[str, MethodSpec] = {
     "gradcam": MethodSpec(CamOptions, ("layer", "score", "batch_size")),
     "gradcam_plus_plus": MethodSpec(CamOptions, ("layer", "score", "batch_size")),
     # Score-CAM always scores probabilities of masked inputs, as the paper defines it.
-    "scorecam": MethodSpec(ScoreCamOptions, ("layer", "batch_size"), batch_size=256),
+    "scorecam": MethodSpec(ScoreCamOptions, ("layer", "batch_size")),
     "gradient_x_input": MethodSpec(GradientXInputOptions, ("score", "batch_size")),
     "vargrad": MethodSpec(VarGradOptions, ("score", "seed", "batch_size")),
     "squaregrad": MethodSpec(SquareGradOptions, ("score", "seed", "batch_size")),
     "guided_backprop": MethodSpec(GuidedBackpropOptions, ("score", "batch_size")),
     "deconvnet": MethodSpec(DeconvNetOptions, ("score", "batch_size")),
     "layercam": MethodSpec(LayerCamOptions, ("layer", "score", "batch_size")),
-    "faster_scorecam": MethodSpec(FasterScoreCamOptions, ("layer", "batch_size"), batch_size=256),
+    "faster_scorecam": MethodSpec(FasterScoreCamOptions, ("layer", "batch_size")),
     # Black-box methods: batch_size counts perturbed inputs per compiled step.
     "occlusion": MethodSpec(OcclusionOptions, ("score", "batch_size"), batch_size=256),
     "rise": MethodSpec(RiseOptions, ("score", "seed", "batch_size"), batch_size=256),

@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.attribution.batching import forward_rows
+from pipeline.budget import forward_batch_rows
 from pipeline.errors import KerascopeError, choices_hint
 from pipeline.graph import KEYWORDS, keyword_layer, layer_info
 from pipeline.maximization.objectives import objective_forward, objective_values
@@ -67,7 +67,7 @@ def probe_objective(
     # Compiled, so each layer's output is freed once used, and in batches whose
     # forward pass stays within the attribution steps' memory budget.
     forward = tf.function(objective_forward(model, objective), reduce_retracing=True)
-    step = forward_rows(model, tuple(probe_x.shape[1:]), None)
+    step = forward_batch_rows(model, tuple(probe_x.shape[1:]), 256)
     n_units = _unit_count(model, objective)
     values = []
     for start in range(0, len(probe_x), step):

@@ -290,9 +290,9 @@ def _eval_rows(model, x, batch_size: int) -> int:
 
     A 224x224 MobileNetV2 evaluated 256 images at a time peaked at 6.2 GB.
     """
-    from pipeline.attribution.batching import forward_rows
+    from pipeline.budget import forward_batch_rows
 
-    return forward_rows(model, tuple(x.shape[1:]), max(batch_size, 256))
+    return forward_batch_rows(model, tuple(x.shape[1:]), max(batch_size, 256))
 
 
 def _task_scores(task: str, model, x, y, batch_size: int):

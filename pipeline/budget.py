@@ -1,0 +1,54 @@
+"""How many rows of a batch fit a memory budget, from a model's layer output shapes.
+
+Apart from :mod:`pipeline.attribution` so that stages which only run forward passes
+(train's evaluation, maximize's reference pass) depend on this file alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+
+from pipeline.errors import KerascopeError
+from pipeline.graph import list_layers
+
+#: Activations one forward or gradient step may hold, in bytes.
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+
+def output_sizes(model: keras.Model, sample_shape: Sequence[int]) -> list[int]:
+    """Values each layer call outputs for one input, the input first.
+
+    An unknown axis (a sequence of any length) counts as the input's first axis; a model
+    with no inspectable graph counts as its input ten times over.
+    """
+    size = int(np.prod(sample_shape))
+    unknown = int(sample_shape[0]) if len(sample_shape) else 1
+    try:
+        infos = list_layers(model)
+    except KerascopeError:
+        return [size] * 10
+
+    def elements(shape) -> int:
+        if shape is None:
+            return 0
+        if any(isinstance(d, tuple | list) for d in shape):  # several outputs
+            return sum(elements(s) for s in shape)
+        return int(np.prod([unknown if d is None else int(d) for d in shape]))
+
+    return [size, *(elements(info.output_shape) for info in infos)]
+
+
+def forward_batch_rows(
+    model: keras.Model, sample_shape: Sequence[int], rows: int, budget: int = DEFAULT_MEMORY_BUDGET
+) -> int:
+    """At most ``rows`` rows per forward pass, fewer if they would pass ``budget``.
+
+    A forward pass frees each output once the next layers have used it: about three of
+    the largest layer outputs are alive at once (a layer's input, its output and a
+    temporary), in float32.
+    """
+    per_row = 3 * 4 * max(output_sizes(model, sample_shape))
+    return max(1, min(int(rows), budget // max(1, per_row)))
