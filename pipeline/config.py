@@ -27,7 +27,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from pipeline.errors import KerascopeError, choices_hint
+from pipeline.errors import KerascopeError, choices_hint, interrupt_handler
 
 T = TypeVar("T")
 
@@ -371,6 +371,7 @@ class Stage:
             job = self.configure(params)
             if self.tensorflow:
                 quiet_tensorflow_import()
+            signal.signal(signal.SIGINT, interrupt_handler)
             self.run(job)
         except KerascopeError as exc:
             print(f"error: {stage}: {exc}", file=sys.stderr)

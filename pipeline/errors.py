@@ -64,3 +64,24 @@ def check_range(name: str, value, low: float, high: float, high_open: bool = Fal
     if not inside:
         bracket = ")" if high_open else "]"
         raise KerascopeError(f"'{name}' must be in [{low}, {high}{bracket}, got {value!r}")
+
+
+_interrupted = False
+
+
+def interrupt_handler(signum, frame) -> None:
+    """SIGINT: remember it, then raise ``KeyboardInterrupt`` as Python's default does.
+
+    Remembered because a ``KeyboardInterrupt`` raised while TensorFlow runs an op can be
+    swallowed on its way out (a Ctrl-C during training once let all 200 epochs finish);
+    :func:`raise_if_interrupted` raises it again at the next safe point.
+    """
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def raise_if_interrupted() -> None:
+    """Raise ``KeyboardInterrupt`` if a SIGINT arrived (see :func:`interrupt_handler`)."""
+    if _interrupted:
+        raise KeyboardInterrupt

@@ -483,8 +483,11 @@ def epoch_logger(log_metric, next_step):
     """
     import keras
 
+    from pipeline.errors import raise_if_interrupted
+
     class EpochLogger(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
+            raise_if_interrupted()
             for key, value in (logs or {}).items():
                 if key == "learning_rate":
                     continue
