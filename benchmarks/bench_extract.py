@@ -2,12 +2,12 @@
 
 The **floors** are a bare multi-output forward pass in one ``tf.function`` (with and
 without XLA) that allocates each layer's array once and copies every batch into it
-(memory), or writes every batch once into uncompressed HDF5 datasets (file). kerascope
-is ``extract_activations`` (memory) and what the extract stage runs (HDF5, health
-statistics included). Peers: a keract-style multi-output ``predict``, the tutorials' one
-sub-model per layer, and a bare ``model.predict`` of the final output only. Optionally
-(``--memory``) the peak memory against the number of inputs. Raw times go to
-``benchmarks/results/extract.json``.
+straight from TensorFlow's buffer (memory), or writes every batch once into
+uncompressed HDF5 datasets (file). kerascope is ``extract_activations`` (memory) and
+what the extract stage runs (HDF5, health statistics included). Peers: a keract-style
+multi-output ``predict``, the tutorials' one sub-model per layer, and a bare
+``model.predict`` of the final output only. Optionally (``--memory``) the peak memory
+against the number of inputs. Raw times go to ``benchmarks/results/extract.json``.
 
 Run: python benchmarks/bench_extract.py [--memory] [--compression]
 """
@@ -86,7 +86,7 @@ def floor_memory(forward, model, x) -> list[np.ndarray]:
         if out is None:
             out = [np.empty((len(x), *p.shape[1:]), p.dtype.as_numpy_dtype) for p in parts]
         for array, part in zip(out, parts, strict=True):
-            array[a : a + len(part)] = part.numpy()
+            array[a : a + len(part)] = np.asarray(part)
     return out
 
 
@@ -107,7 +107,7 @@ def floor_hdf5(forward, model, x, path: str) -> None:
                     for i, p in enumerate(parts)
                 ]
             for dataset, part in zip(datasets, parts, strict=True):
-                dataset[a : a + len(part)] = part.numpy()
+                dataset[a : a + len(part)] = np.asarray(part)
 
 
 # Peak memory is VmHWM of the child's own address space: ru_maxrss would also count the

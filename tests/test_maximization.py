@@ -205,3 +205,26 @@ def test_jitter_alone_shifts_by_whole_pixels_with_reflected_borders():
         assert len(shifts) >= 1, f"step {step}: not a whole-pixel reflected shift"
         seen.update(shifts)
     assert len(seen) >= 20  # the shifts cover the square, not one corner of it
+
+
+def test_wrapped_jitter_is_the_same_shift_rolled():
+    """wrap=True (periodic images) moves by the same (dy, dx) as the reflecting jitter,
+    filling from the opposite border: equal to numpy's roll, equal inside the borders."""
+    import tensorflow as tf
+
+    from pipeline.maximization.regularizers import random_transform
+
+    images = rng.random((2, 8, 10, 3)).astype("float32")
+    padded = np.pad(images, [(0, 0), (2, 2), (2, 2), (0, 0)], mode="reflect")
+    for step in range(25):
+        seed = tf.constant([9, step])
+        wrapped = random_transform(tf.constant(images), seed, jitter=2, wrap=True).numpy()
+        reflected = random_transform(tf.constant(images), seed, jitter=2).numpy()
+        (dy, dx) = next(
+            (dy, dx)
+            for dy in range(-2, 3)
+            for dx in range(-2, 3)
+            if np.array_equal(reflected, padded[:, 2 + dy : 10 + dy, 2 + dx : 12 + dx])
+        )
+        np.testing.assert_array_equal(wrapped, np.roll(images, (-dy, -dx), axis=(1, 2)))
+        np.testing.assert_array_equal(wrapped[:, 2:-2, 2:-2], reflected[:, 2:-2, 2:-2])

@@ -92,12 +92,12 @@ def _single_values(objective: Objective, acts: tf.Tensor, units: tf.Tensor) -> t
         return tf.reduce_sum(pooled * vector, axis=-1) / (tf.norm(vector) + 1e-8)
     if objective.unit is not None:
         units = tf.fill(tf.shape(units), objective.unit)
-    picked = tf.gather(acts, units, axis=-1, batch_dims=1)  # (batch, ...)
-    if objective.kind == "neuron" and len(picked.shape) > 1:
-        spatial = picked.shape[1:]
-        position = objective.position or tuple(s // 2 for s in spatial)
-        index = (slice(None), *position)
-        return picked[index]
-    if len(picked.shape) > 1:
-        return tf.reduce_mean(picked, axis=list(range(1, len(picked.shape))))
-    return picked
+    # Position (or spatial mean) first, unit second: gathering one channel per sample out
+    # of the whole (batch, ..., channels) tensor transposes it, and its gradient is a
+    # scatter, at every optimisation step.
+    if objective.kind == "neuron" and len(acts.shape) > 2:
+        position = objective.position or tuple(s // 2 for s in acts.shape[1:-1])
+        acts = acts[(slice(None), *position)]
+    elif len(acts.shape) > 2:
+        acts = tf.reduce_mean(acts, axis=list(range(1, len(acts.shape) - 1)))
+    return tf.gather(acts, units, axis=-1, batch_dims=1)  # (batch,)

@@ -69,11 +69,18 @@ def _images(params, settings: Settings, shape: tuple, value_range) -> tf.Tensor:
 def _regularized_loss(objective, forward, settings, shape, value_range, copies):
     """Per-image loss = -objective + penalties (+ diversity within each unit's copies)."""
     center = (value_range[0] + value_range[1]) / 2.0
+    # Spectral parametrizations make periodic images: moving one wraps around exactly.
+    periodic = settings.parametrization in ("fourier", "maco")
 
     def loss_fn(params, units, step_seed):
         images = _images(params, settings, shape, value_range)
         moved = reg.random_transform(
-            images, step_seed, settings.jitter, tuple(settings.scale), settings.rotate
+            images,
+            step_seed,
+            settings.jitter,
+            tuple(settings.scale),
+            settings.rotate,
+            wrap=periodic,
         )
         acts = forward(moved)
         values = objective_values(objective, acts, units)
@@ -127,7 +134,9 @@ def _adam_loop(loss_fn, settings: Settings):
     """One compiled call that runs ``count`` Adam steps on a batch of images' parameters.
 
     Adam (Kingma & Ba 2015) is written out so the whole loop stays inside one
-    ``tf.function``; the per-step objective values come back as (images, count).
+    ``tf.function``. The parameters and moments go in and come out as tensors: variables
+    would cost a creation and a trace-type check per call, which is most of a small
+    model's fixed cost. The per-step objective values come back as (images, count).
     """
     lr = settings.learning_rate
 
@@ -137,43 +146,51 @@ def _adam_loop(loss_fn, settings: Settings):
         for i in tf.range(count):
             step = start + i
             with tf.GradientTape() as tape:
+                tape.watch(params)
                 loss, values = loss_fn(params, units_t, tf.stack([settings.seed, step]))
                 total = tf.reduce_sum(loss)
             grad = tape.gradient(total, params)
             if grad is None:
                 raise ValueError("no gradient")
             t = tf.cast(step + 1, tf.float32)
-            m.assign(0.9 * m + 0.1 * grad)
-            v.assign(0.999 * v + 0.001 * tf.square(grad))
+            m = 0.9 * m + 0.1 * grad
+            v = 0.999 * v + 0.001 * tf.square(grad)
             m_hat = m / (1.0 - tf.pow(0.9, t))
             v_hat = v / (1.0 - tf.pow(0.999, t))
-            params.assign_sub(lr * m_hat / (tf.sqrt(v_hat) + 1e-8))
+            params = params - lr * m_hat / (tf.sqrt(v_hat) + 1e-8)
             curve = curve.write(i, values)
-        return tf.transpose(curve.stack())
+        return params, m, v, tf.transpose(curve.stack())
 
     return run
 
 
 def _run_steps(run, params, units, objective: Objective | Sum, settings: Settings, progress):
-    """Every step for one batch of images, in calls of ``steps_per_call`` (for progress)."""
-    m, v = tf.Variable(tf.zeros_like(params)), tf.Variable(tf.zeros_like(params))
+    """Every step for one batch of images, in calls of ``steps_per_call`` (for progress).
+
+    Returns:
+        The optimised parameters and the (images, steps) objective values.
+    """
+    m, v = tf.zeros_like(params), tf.zeros_like(params)
     units_t = tf.constant(units)
     curves = []
     for step0 in range(0, settings.steps, settings.steps_per_call):
         count = min(settings.steps_per_call, settings.steps - step0)
         try:
-            values = run(params, m, v, units_t, tf.constant(step0), tf.constant(count)).numpy()
+            params, m, v, values = run(
+                params, m, v, units_t, tf.constant(step0), tf.constant(count)
+            )
         except (ValueError, TypeError) as exc:
             if "gradient" in str(exc).lower():
                 raise KerascopeError(
                     f"layer '{objective.layer}' has no differentiable path to the input"
                 ) from None
             raise
+        values = np.asarray(values)
         _check_finite(values, units, step0, objective.layer, settings.explode_at)
         curves.append(values)
         if progress is not None:
             progress(count * len(units))
-    return np.concatenate(curves, axis=1)
+    return params, np.concatenate(curves, axis=1)
 
 
 def maximize(
@@ -251,11 +268,14 @@ def maximize(
             unit_seed(settings.seed, int(u), int(c))
             for u, c in zip(chunk_units, chunk_copies, strict=True)
         ]
-        params = tf.Variable(initial_params(settings.parametrization, shape, np.asarray(seeds)))
-        curves.append(_run_steps(run, params, chunk_units, objective, settings, progress))
+        start_params = tf.constant(
+            initial_params(settings.parametrization, shape, np.asarray(seeds))
+        )
+        params, curve = _run_steps(run, start_params, chunk_units, objective, settings, progress)
+        curves.append(curve)
         image, final = final_values(params, tf.constant(chunk_units))
-        images.append(image.numpy())
-        finals.append(final.numpy())
+        images.append(np.asarray(image))
+        finals.append(np.asarray(final))
     return MaximizationResult(
         images=np.concatenate(images),
         objective=np.concatenate(curves),

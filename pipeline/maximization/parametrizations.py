@@ -75,6 +75,23 @@ def _spatial(spectrum: tf.Tensor, height: int, width: int) -> tf.Tensor:
     return tf.transpose(spatial, [0, 2, 3, 1])
 
 
+@tf.function(reduce_retracing=True)
+def _seeded_starts(seeds: tf.Tensor, per_image: tuple, kind: str, std: float) -> tf.Tensor:
+    """One stateless draw per seed, all in one call.
+
+    Per-seed eager calls cost 0.4 ms each, a quarter of a small model's fixed cost per
+    maximization.
+    """
+
+    def draw(seed):
+        pair = tf.stack([seed, 7])
+        if kind == "maco":
+            return tf.random.stateless_uniform(per_image, pair, -np.pi, np.pi)
+        return tf.random.stateless_normal(per_image, seed=pair, stddev=std)
+
+    return tf.map_fn(draw, seeds, fn_output_signature=tf.float32)
+
+
 def initial_params(kind: str, shape: tuple, seeds: np.ndarray, std: float = 0.01) -> np.ndarray:
     """Initial parameters for each image, from a per-image stateless seed.
 
@@ -89,16 +106,12 @@ def initial_params(kind: str, shape: tuple, seeds: np.ndarray, std: float = 0.01
     if kind == "maco":
         # Random phases (Fel et al. 2023): noise with a natural image's spectrum.
         per_image = (channels, height, width // 2 + 1)
-        out = [
-            tf.random.stateless_uniform(per_image, [int(s), 7], -np.pi, np.pi).numpy()
-            for s in seeds
-        ]
-        return np.stack(out).astype(np.float32)
-    per_image = (channels, height, width // 2 + 1, 2) if kind == "fourier" else shape
-    out = [
-        tf.random.stateless_normal(per_image, seed=[int(s), 7], stddev=std).numpy() for s in seeds
-    ]
-    return np.stack(out).astype(np.float32)
+    elif kind == "fourier":
+        per_image = (channels, height, width // 2 + 1, 2)
+    else:
+        per_image = tuple(shape)
+    seeds = tf.constant(np.asarray(seeds, dtype=np.int64))
+    return _seeded_starts(seeds, per_image, kind, float(std)).numpy()
 
 
 def to_image(

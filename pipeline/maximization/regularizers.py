@@ -43,17 +43,21 @@ def blur_penalty(images: tf.Tensor, sigma: float = 1.0) -> tf.Tensor:
     return tf.reduce_mean((images - tf.stop_gradient(blurred)) ** 2, axis=[1, 2, 3])
 
 
-def shift_pixels(images: tf.Tensor, seed: tf.Tensor, jitter: int) -> tf.Tensor:
-    """Shift all images of a batch by one random whole-pixel offset, borders reflected.
+def shift_pixels(images: tf.Tensor, seed: tf.Tensor, jitter: int, wrap: bool = False) -> tf.Tensor:
+    """Shift all images of a batch by one random whole-pixel offset.
 
     Args:
         images: (B, H, W, C).
         seed: Stateless seed, shape (2,).
         jitter: Maximum shift in pixels along each axis (both directions).
+        wrap: Wrap around instead of reflecting at the borders: the exact translation
+            of a periodic image (a Fourier parametrization makes one), and a roll,
+            which is cheaper than a reflecting pad and a slice.
 
     Returns:
         Images of the same shape: pixel (y, x) holds the input's (y + dy, x + dx),
-        reflected at the borders, with dx, dy uniform in [-jitter, jitter].
+        reflected (or wrapped) at the borders, with dx, dy uniform in [-jitter, jitter].
+        The same seed gives the same (dy, dx) either way.
     """
     if jitter < 1:
         return images
@@ -64,8 +68,15 @@ def shift_pixels(images: tf.Tensor, seed: tf.Tensor, jitter: int) -> tf.Tensor:
     offset = tf.random.stateless_uniform(
         [2], seed=seed, minval=0, maxval=2 * reach + 1, dtype=tf.int32
     )
+    if wrap:  # offset - reach is (dy, dx); roll moves content the other way
+        return tf.roll(images, reach - offset, axis=[1, 2])
     padded = tf.pad(images, [[0, 0], [reach, reach], [reach, reach], [0, 0]], mode="REFLECT")
-    return padded[:, offset[0] : offset[0] + height, offset[1] : offset[1] + width, :]
+    shifted = padded[:, offset[0] : offset[0] + height, offset[1] : offset[1] + width, :]
+    # A slice at a traced offset has unknown height and width; restoring the static shape
+    # lets every layer after it use its fixed-shape kernels (the default recipe on
+    # mnist_cnn took 1.5x its floor without this).
+    shifted.set_shape(images.shape)
+    return shifted
 
 
 def random_transform(
@@ -74,6 +85,7 @@ def random_transform(
     jitter: int = 0,
     scale: tuple[float, float] = (1.0, 1.0),
     rotate: float = 0.0,
+    wrap: bool = False,
 ) -> tf.Tensor:
     """Jitter, scale and rotate all images of a batch by one random affine transform.
 
@@ -89,11 +101,12 @@ def random_transform(
         jitter: Maximum shift in pixels.
         scale: Range of the zoom factor.
         rotate: Maximum rotation in degrees.
+        wrap: Fill from the opposite border instead of reflecting (periodic images).
     """
     if not jitter and scale == (1.0, 1.0) and not rotate:
         return images
     if scale == (1.0, 1.0) and not rotate:
-        return shift_pixels(images, seed, int(jitter))
+        return shift_pixels(images, seed, int(jitter), wrap)
     u = tf.random.stateless_uniform([4], seed=seed, minval=-1.0, maxval=1.0)
     height, width = images.shape[1], images.shape[2]
     angle = u[0] * rotate * math.pi / 180.0
@@ -111,5 +124,5 @@ def random_transform(
         output_shape=tf.constant([height, width]),
         fill_value=0.0,
         interpolation="BILINEAR",
-        fill_mode="REFLECT",
+        fill_mode="WRAP" if wrap else "REFLECT",
     )
