@@ -297,42 +297,6 @@ def default_layers(model: keras.Model, selection: Sequence[str] | None) -> list[
     return chosen
 
 
-#: Bytes of activations one extraction batch may hold: every chosen layer's output for
-#: every row, once as TensorFlow's result and once as the NumPy copy written to HDF5.
-#: Without it a MobileNetV2 at 224x224 (155 layers, 100 inputs in one 256-input batch)
-#: peaked at 17.6 GB.
-EXTRACT_BUDGET = 1 << 30
-
-
-def _values(shape) -> int:
-    """Values in one row of a layer output (several outputs add up; unknown axes count 1)."""
-    if shape is None:
-        return 0
-    if any(isinstance(d, tuple | list) for d in shape):
-        return sum(_values(s) for s in shape)
-    return int(np.prod([1 if d is None else int(d) for d in shape]))
-
-
-def rows_within_budget(
-    model: keras.Model, paths: Sequence[str], rows: int, budget: int | None = None
-) -> int:
-    """At most ``rows`` inputs per extraction batch, fewer if their activations pass ``budget``.
-
-    Args:
-        model: The model.
-        paths: The layers extracted.
-        rows: The configured batch size.
-        budget: Bytes (default :data:`EXTRACT_BUDGET`).
-
-    Returns:
-        The batch size to use; the file's contents do not depend on it.
-    """
-    budget = EXTRACT_BUDGET if budget is None else budget
-    shapes = {i.path: i.output_shape for i in list_layers(model)}
-    per_row = 2 * 4 * sum(_values(shapes.get(p)) for p in paths)
-    return max(1, min(int(rows), budget // max(1, per_row)))
-
-
 def layer_metas(model: keras.Model, paths: Sequence[str]):
     """What the activations file records about each layer (class, position, activation).
 

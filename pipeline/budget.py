@@ -1,7 +1,7 @@
 """How many rows of a batch fit a memory budget, from a model's layer output shapes.
 
 Apart from :mod:`pipeline.attribution` so that stages which only run forward passes
-(train's evaluation, maximize's reference pass) depend on this file alone.
+(train's evaluation, extraction, maximize's reference pass) depend on this file alone.
 """
 
 from __future__ import annotations
@@ -42,13 +42,53 @@ def output_sizes(model: keras.Model, sample_shape: Sequence[int]) -> list[int]:
 
 
 def forward_batch_rows(
-    model: keras.Model, sample_shape: Sequence[int], rows: int, budget: int = DEFAULT_MEMORY_BUDGET
+    model: keras.Model, sample_shape: Sequence[int], rows: int, budget: int | None = None
 ) -> int:
     """At most ``rows`` rows per forward pass, fewer if they would pass ``budget``.
 
     A forward pass frees each output once the next layers have used it: about three of
     the largest layer outputs are alive at once (a layer's input, its output and a
     temporary), in float32.
+
+    Args:
+        model: The model.
+        sample_shape: One input's shape (no batch axis).
+        rows: The configured batch size.
+        budget: Bytes (default :data:`DEFAULT_MEMORY_BUDGET`, read at call time).
     """
+    budget = DEFAULT_MEMORY_BUDGET if budget is None else budget
     per_row = 3 * 4 * max(output_sizes(model, sample_shape))
     return max(1, min(int(rows), budget // max(1, per_row)))
+
+
+def extraction_batch_rows(
+    model: keras.Model, paths: Sequence[str], rows: int, budget: int | None = None
+) -> int:
+    """At most ``rows`` inputs per extraction batch, fewer if their activations pass ``budget``.
+
+    Every chosen layer's output is kept for every row, and twice: the batch being
+    written and the next one being computed. Without this bound a MobileNetV2 at
+    224x224 (155 layers, 100 inputs in one 256-input batch) peaked at 17.6 GB.
+
+    Args:
+        model: The model.
+        paths: The layers extracted.
+        rows: The configured batch size.
+        budget: Bytes (default :data:`DEFAULT_MEMORY_BUDGET`, read at call time).
+
+    Returns:
+        The batch size to use; the file's contents do not depend on it.
+    """
+    budget = DEFAULT_MEMORY_BUDGET if budget is None else budget
+    shapes = {i.path: i.output_shape for i in list_layers(model)}
+    per_row = 2 * 4 * sum(_values(shapes.get(p)) for p in paths)
+    return max(1, min(int(rows), budget // max(1, per_row)))
+
+
+def _values(shape) -> int:
+    """Values in one row of a layer output (several outputs add up; unknown axes count 1)."""
+    if shape is None:
+        return 0
+    if any(isinstance(d, tuple | list) for d in shape):
+        return sum(_values(s) for s in shape)
+    return int(np.prod([1 if d is None else int(d) for d in shape]))

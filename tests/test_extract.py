@@ -233,18 +233,18 @@ def test_killed_extraction_leaves_no_final_file(tmp_path):
 
 
 def test_extraction_batches_stay_within_the_memory_budget(tmp_path, monkeypatch, capsys):
-    import pipeline.activations as activations
+    import pipeline.budget as budget
     from pipeline.stages.extract import _main
 
     params, x, model = write_tiny_project(tmp_path)
     paths = ["conv", "flat", "out"]
-    # Counted by hand: conv 6*6*3 = 108, flat 108, out 4 values a row; 2 copies of float32.
+    # Counted by hand: conv 6*6*3 = 108, flat 108, out 4 values a row; 2 batches of float32.
     per_row = 2 * 4 * (108 + 108 + 4)
-    assert activations.rows_within_budget(model, paths, 256, budget=per_row * 7) == 7
-    assert activations.rows_within_budget(model, paths, 5, budget=per_row * 7) == 5
-    assert activations.rows_within_budget(model, paths, 256, budget=1) == 1
+    assert budget.extraction_batch_rows(model, paths, 256, budget=per_row * 7) == 7
+    assert budget.extraction_batch_rows(model, paths, 5, budget=per_row * 7) == 5
+    assert budget.extraction_batch_rows(model, paths, 256, budget=1) == 1
     # Through the stage: a budget of 7 rows gives 7-input batches and the same file.
-    monkeypatch.setattr(activations, "EXTRACT_BUDGET", per_row * 7)
+    monkeypatch.setattr(budget, "DEFAULT_MEMORY_BUDGET", per_row * 7)
     params["extract"] = {"batch_size": 16}
     _main(params)
     assert "note: extract: 7 inputs per batch" in capsys.readouterr().out

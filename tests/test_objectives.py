@@ -230,7 +230,7 @@ def test_probe_values_are_the_same_in_steps_of_any_size(model, monkeypatch):
 
     images = np.random.default_rng(4).random((7, 12, 12, 3)).astype("float32")
     per_row = 3 * 4 * max(budget.output_sizes(model, (12, 12, 3)))
-    monkeypatch.setattr(budget.forward_batch_rows, "__defaults__", (2 * per_row,))
+    monkeypatch.setattr(budget, "DEFAULT_MEMORY_BUDGET", 2 * per_row)
     assert budget.forward_batch_rows(model, (12, 12, 3), 256) == 2
     values = probe_objective(model, Objective("conv1", "layer"), images)
     expected = np.mean(_by_hand(model, images)["conv1"] ** 2, axis=(1, 2, 3))

@@ -53,9 +53,9 @@ def run(job: Job[ExtractOptions]) -> None:
         iter_activations,
         layer_metas,
         overall_health,
-        rows_within_budget,
     )
     from pipeline.artifacts.activations import write_activations, write_header
+    from pipeline.budget import extraction_batch_rows
     from pipeline.stages.common import tensor_work
     from pipeline.workspace import file_hash, hdf5_file
 
@@ -64,7 +64,7 @@ def run(job: Job[ExtractOptions]) -> None:
     with tensor_work(job, cfg, one_output=False) as work:
         chosen = default_layers(work.model, cfg.layers)
         metas = layer_metas(work.model, chosen)
-        rows = rows_within_budget(work.model, chosen, cfg.batch_size)
+        rows = extraction_batch_rows(work.model, chosen, cfg.batch_size)
         if rows < cfg.batch_size:
             print(f"note: extract: {rows} inputs per batch, to keep a batch's activations in 1 GiB")
         started = time.perf_counter()
