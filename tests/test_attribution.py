@@ -276,8 +276,29 @@ def test_randomisation_check_flags_a_model_ignoring_method():
     layers, edge = randomization_sanity(model, x, t, _edge_map)
     assert layers == ["out", "conv"]
     np.testing.assert_allclose(edge, 1.0)
+    # Saliency's compiled step is cached per model and reused on the redrawn weights:
+    # the maps must still change (a step that froze the weights would keep them).
     _, grads = randomization_sanity(model, x, t, lambda m, xx, tt: saliency(m, xx, tt))
     assert grads[-1] < 0.9
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
+    np.testing.assert_array_equal(saliency(model, x, t).maps, saliency(_smooth_model(6), x, t).maps)
+
+
+def test_randomisation_check_restores_the_weights_when_a_method_fails():
+    model = _smooth_model(6)
+    before = [w.copy() for w in model.get_weights()]
+    x = rng.random((4, 6, 6, 2)).astype("float32")
+    calls = []
+
+    def failing_on_the_second_step(m, xx, tt):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return saliency(m, xx, tt)
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        randomization_sanity(model, x, np.array([0, 1, 2, 3]), failing_on_the_second_step)
+    assert len(calls) == 2  # the original maps, then the first randomised step failed
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))
 
 

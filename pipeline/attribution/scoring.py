@@ -101,13 +101,30 @@ def check_targets(model: keras.Model, targets, n: int, x: np.ndarray | None = No
 
 
 def choose_targets(
-    mode: str, model: keras.Model, x: np.ndarray, labels: np.ndarray, batch_size: int = 256
+    mode: str,
+    model: keras.Model,
+    x: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int = 256,
+    predictions: np.ndarray | None = None,
 ) -> np.ndarray:
     """The class to explain for each input: ``predicted``, ``true`` or a fixed index.
+
+    Args:
+        mode: ``predicted``, ``true`` or a class index (as a string).
+        model: The classifier.
+        x: Inputs.
+        labels: True classes (negative: unlabeled).
+        batch_size: Inputs per forward pass.
+        predictions: The model's (N, classes) outputs for ``x`` if already computed:
+            ``predicted`` then takes their argmax instead of another forward pass (on a
+            large model, compiling that pass costs seconds).
 
     Raises:
         KerascopeError: ``true`` for unlabeled inputs, or a class out of range.
     """
+    if mode == "predicted" and predictions is not None:
+        return np.argmax(np.asarray(predictions), axis=-1).astype(np.int32)
     if mode == "predicted":
         return predicted_classes(model, x, batch_size)
     if mode == "true":

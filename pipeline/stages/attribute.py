@@ -74,12 +74,15 @@ def run(job: Job[AttributeOptions]) -> None:
         if cfg.head.active:  # one score column, explained as class 0 (README: Model kinds)
             model = with_head(model, cfg.head, cfg.score)
         target = "0" if cfg.head.active else str(cfg.target)
-        targets = choose_targets(target, model, x, inputs.y, cfg.batch_size or 256)
-        keras.utils.set_random_seed(job.seed)
         if cfg.head.active:  # the explained score itself, (N, 1)
             probabilities = explained_scores(model, x, cfg.batch_size or 256)
-        else:
+            targets = choose_targets(target, model, x, inputs.y, cfg.batch_size or 256)
+        else:  # one forward pass gives both the probabilities and the predicted classes
             probabilities = class_probabilities(model, x, cfg.batch_size or 256)
+            targets = choose_targets(
+                target, model, x, inputs.y, cfg.batch_size or 256, predictions=probabilities
+            )
+        keras.utils.set_random_seed(job.seed)
         bars = _progress_bars(cfg, tqdm)
         started = time.perf_counter()
         attrs = {
