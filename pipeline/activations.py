@@ -110,7 +110,11 @@ def batch_stats(value, kind: str = "linear") -> dict[str, np.ndarray]:
         A dict with the keys of :data:`STAT_KEYS` (NumPy values).
     """
     value = tf.convert_to_tensor(value)
-    sums = {k: np.asarray(v) for k, v in batch_sums(value, kind).items()}
+    return _finish_stats(batch_sums(value, kind), value, kind)
+
+
+def _finish_stats(sums: dict, value, kind: str) -> dict[str, np.ndarray]:
+    """The statistics from a batch's sums, or (rare) the masked ones if it held NaN/Inf."""
     stats = stats_from_sums(sums)
     return stats if stats is not None else masked_batch_stats(value, kind)
 
@@ -166,6 +170,9 @@ def stats_from_sums(sums: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None
     """The host half of :func:`batch_stats`; None if the batch held NaN or Inf.
 
     NaN and Inf poison the sums, so a finite result means every value was finite.
+
+    Args:
+        sums: :func:`batch_sums`' result, as tensors or arrays.
     """
     unit_sum = np.asarray(sums["unit_sum"])
     shifted_sq = float(sums["shifted_sq"])
@@ -319,11 +326,9 @@ def iter_activations(
             # copy every activation once more (a quarter of vgg_small's extraction time).
             outputs = [np.asarray(o) for o in out]
             taps = {p: np.asarray(t) for p, t in tapped.items()}
-            reductions = {}
-            for p, sums in batch_sums_out.items():
-                stats_p = stats_from_sums({k: np.asarray(v) for k, v in sums.items()})
-                # Rare: a batch with NaN or Inf is redone, leaving those values out.
-                reductions[p] = stats_p or masked_batch_stats(tf.constant(taps[p]), kinds[p])
+            reductions = {
+                p: _finish_stats(sums, taps[p], kinds[p]) for p, sums in batch_sums_out.items()
+            }
         yield Batch(start=start, outputs=list(outputs), activations=dict(taps), stats=reductions)
 
 

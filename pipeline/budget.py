@@ -30,15 +30,7 @@ def output_sizes(model: keras.Model, sample_shape: Sequence[int]) -> list[int]:
         infos = list_layers(model)
     except KerascopeError:
         return [size] * 10
-
-    def elements(shape) -> int:
-        if shape is None:
-            return 0
-        if any(isinstance(d, tuple | list) for d in shape):  # several outputs
-            return sum(elements(s) for s in shape)
-        return int(np.prod([unknown if d is None else int(d) for d in shape]))
-
-    return [size, *(elements(info.output_shape) for info in infos)]
+    return [size, *(_row_values(info.output_shape, unknown) for info in infos)]
 
 
 def forward_batch_rows(
@@ -81,14 +73,17 @@ def extraction_batch_rows(
     """
     budget = DEFAULT_MEMORY_BUDGET if budget is None else budget
     shapes = {i.path: i.output_shape for i in list_layers(model)}
-    per_row = 2 * 4 * sum(_values(shapes.get(p)) for p in paths)
+    per_row = 2 * 4 * sum(_row_values(shapes.get(p), 1) for p in paths)
     return max(1, min(int(rows), budget // max(1, per_row)))
 
 
-def _values(shape) -> int:
-    """Values in one row of a layer output (several outputs add up; unknown axes count 1)."""
+def _row_values(shape, unknown: int) -> int:
+    """Values in one row of a layer output.
+
+    Several outputs add up, an unknown axis counts ``unknown``, an unknown shape 0.
+    """
     if shape is None:
         return 0
-    if any(isinstance(d, tuple | list) for d in shape):
-        return sum(_values(s) for s in shape)
-    return int(np.prod([1 if d is None else int(d) for d in shape]))
+    if any(isinstance(d, tuple | list) for d in shape):  # several outputs
+        return sum(_row_values(s, unknown) for s in shape)
+    return int(np.prod([unknown if d is None else int(d) for d in shape]))
