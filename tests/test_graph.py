@@ -64,6 +64,24 @@ def test_inner_layer_of_nested_model_equals_a_manual_computation():
     np.testing.assert_allclose(taps["base/block1_conv1"], expected, atol=1e-5)
 
 
+def test_stop_early_calls_no_layer_past_the_last_tap():
+    model = _nested()
+    called = []
+    for layer in (model.get_layer("gap"), model.get_layer("head")):
+        original = layer.call
+        layer.call = lambda *a, _f=original, _n=layer.name, **k: called.append(_n) or _f(*a, **k)
+    x = np.random.default_rng(0).random((2, 8, 8, 3)).astype("float32")
+    outputs, taps = LayerForward(model, ["base/block1_conv2"], stop_early=True)(x)
+    assert outputs is None and called == []
+    conv = model.layers[0].layers
+    hidden = tf.nn.relu(tf.nn.conv2d(x, conv[0].kernel, 1, "VALID") + conv[0].bias)
+    expected = tf.nn.conv2d(hidden, conv[1].kernel, 1, "VALID") + conv[1].bias
+    np.testing.assert_allclose(taps["base/block1_conv2"], expected.numpy(), atol=1e-5)
+    # Without it, the rest of the model runs and its outputs come back.
+    outputs, _ = LayerForward(model, ["base/block1_conv2"])(x)
+    assert outputs.shape == (2, 3) and called == ["gap", "head"]
+
+
 def test_logits_bypass_softmax_without_touching_the_model():
     model = _nested()
     head = model.get_layer("head")

@@ -126,8 +126,28 @@ def test_tile_counts():
     )
     titles = [ax.get_title() for ax in _image_axes(classes)]
     assert titles == ["zero\nreach 1.00", "one\nreach 0.50", "two\nreach n/a", "three\nreach 2.00"]
-    overlays = fig_lib.heatmap_overlays(inputs, RNG.random((3, 3, 3, 4)), "conv")
-    assert len(_image_axes(overlays)) == 3
+
+
+def test_heatmap_overlays_blend_each_input_with_its_heat():
+    import matplotlib.pyplot as plt
+
+    # Input i is a horizontal ramp; its activations are constant, so the upsampled mean
+    # activation divided by its maximum is 1 everywhere: every pixel is half the top
+    # colour of the map and half the input's grey value.
+    ramp = np.tile(np.linspace(0, 1, 8), (8, 1))[None, ..., None]
+    inputs = np.concatenate([ramp, 2 * ramp + 1, ramp[:, ::-1]])
+    acts = np.stack([np.full((3, 3, 4), v) for v in (1.0, 2.0, 5.0)])
+    figure = fig_lib.heatmap_overlays(inputs, acts, "conv", cmap="viridis", alpha=0.5)
+    (mosaic,) = [np.asarray(im.get_array()) for ax in _image_axes(figure) for im in ax.images]
+    top = np.asarray(plt.get_cmap("viridis")(1.0)[:3])
+    gap = 1
+    assert mosaic.shape == (8, 3 * 8 + 2 * gap, 3)
+    for i in range(3):
+        panel = mosaic[:, i * (8 + gap) : i * (8 + gap) + 8]
+        grey = (inputs[i, ..., 0] - inputs[i].min()) / np.ptp(inputs[i])
+        np.testing.assert_allclose(panel, 0.5 * top + 0.5 * grey[..., None], atol=1e-9)
+    labels = [t.get_text() for t in figure.axes[0].get_xticklabels()]
+    assert labels == ["input 0", "input 1", "input 2"]
 
 
 def test_confusion_matrix_counts_match_scikit_learn():

@@ -45,7 +45,11 @@ def objective_forward(
     taps = [key for key in keys if key != LOGITS]
     # With a class_logit term, the output layer's own tap is its logits too.
     layer_forward = LayerForward(
-        model, taps, logits=LOGITS in keys, preactivation=taps if preactivation else []
+        model,
+        taps,
+        logits=LOGITS in keys,
+        preactivation=taps if preactivation else [],
+        stop_early=LOGITS not in keys,
     )
 
     def forward(inputs):

@@ -269,6 +269,42 @@ def tile_mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
     return mosaic
 
 
+def _panel_figure(
+    width: float, aspect: float, title: str, left: float = 0.45, colorbar: bool = True
+):
+    """A figure holding one image axes (and a colorbar axes) placed by hand.
+
+    A layout engine measures every text artist twice per save; for the hundreds of
+    per-layer figures of a big model that was most of the render stage. Margins are in
+    inches, so labels keep their size whatever the mosaic's shape; ``_draw`` still trims
+    the saved image to its contents.
+
+    Returns:
+        ``(figure, image_axes, colorbar_axes_or_None)``.
+    """
+    right = 1.0 if colorbar else 0.15
+    lines = title.count("\n") + 1
+    top, bottom = 0.3 + 0.2 * lines, 0.3
+    axes_width = max(1.0, width - left - right)
+    axes_height = axes_width * aspect
+    height = axes_height + top + bottom
+    fig = plt.figure(figsize=(width, height))
+    ax = fig.add_axes((left / width, bottom / height, axes_width / width, axes_height / height))
+    cax = None
+    if colorbar:
+        bar_height = min(axes_height, max(1.0, 0.6 * axes_height))
+        cax = fig.add_axes(
+            (
+                (left + axes_width + 0.15) / width,
+                (bottom + (axes_height - bar_height) / 2) / height,
+                0.12 / width,
+                bar_height / height,
+            )
+        )
+    fig.suptitle(title, y=1 - 0.1 / height, va="top")
+    return fig, ax, cax
+
+
 def feature_maps(
     maps: np.ndarray,
     title: str,
@@ -279,7 +315,9 @@ def feature_maps(
     """One tile per channel of a conv/pooling output for one input.
 
     The tiles are drawn as one image (a mosaic) on one axes: a figure of 64 separate
-    axes takes seconds to lay out, a mosaic a few milliseconds.
+    axes takes seconds to lay out, a mosaic a few milliseconds. Channels are numbered
+    in the margins (row: first channel of the row; column: offset), so no label covers
+    a tile's pixels.
 
     Args:
         maps: (h, w, channels).
@@ -299,35 +337,29 @@ def feature_maps(
     h, w = tiles.shape[1:]
     gap = max(1, round(max(h, w) / 12))
     mosaic = tile_mosaic(tiles, cols, gap)
-    aspect = mosaic.shape[0] / mosaic.shape[1]
-    width = min(9.0, 1.1 * cols + 1.2)
-    fig, ax = plt.subplots(figsize=(width, width * aspect + 0.8), layout="constrained")
-    colormap = plt.get_cmap(cmap).with_extremes(bad="white")
     lo, hi = float(np.nanmin(tiles)), float(np.nanmax(tiles))
-    image = ax.imshow(mosaic, cmap=colormap, vmin=lo, vmax=hi, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.set_frame_on(False)
-    # Channel numbers in each tile's corner, small enough not to hide the map.
-    for i in range(channels):
-        r, c = divmod(i, cols)
-        ax.text(
-            c * (w + gap),
-            r * (h + gap),
-            str(i),
-            fontsize=7,
-            color="white",
-            va="top",
-            ha="left",
-            bbox={"facecolor": "black", "alpha": 0.45, "pad": 0.5, "linewidth": 0},
-        )
     if scale == "shared":
-        fig.colorbar(image, ax=ax, shrink=0.6, label="activation")
         suffix = f"shared scale {lo:.2g} to {hi:.2g}"
     else:
         suffix = "each tile scaled to its own range"
     more = f", first {channels} of {maps.shape[-1]} channels" if channels < maps.shape[-1] else ""
-    fig.suptitle(_short(f"{title} ({suffix}{more}; numbers: channel)", 80))
+    caption = _short(f"{title} ({suffix}{more}; channel = row + column)", 80)
+    width = min(9.0, 1.1 * cols + 1.6)
+    fig, ax, cax = _panel_figure(
+        width, mosaic.shape[0] / mosaic.shape[1], caption, colorbar=scale == "shared"
+    )
+    colormap = plt.get_cmap(cmap).with_extremes(bad="white")
+    image = ax.imshow(mosaic, cmap=colormap, vmin=lo, vmax=hi, interpolation="nearest")
+    ax.set_xticks(
+        [c * (w + gap) + (w - 1) / 2 for c in range(cols)], [f"+{c}" for c in range(cols)]
+    )
+    ax.set_yticks(
+        [r * (h + gap) + (h - 1) / 2 for r in range(rows)], [str(r * cols) for r in range(rows)]
+    )
+    ax.tick_params(length=0, labelsize=8, labeltop=True, labelbottom=False, pad=2)
+    ax.set_frame_on(False)
+    if cax is not None:
+        fig.colorbar(image, cax=cax, label="activation")
     return fig
 
 
@@ -534,10 +566,25 @@ def _resize(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return zoom(maps, factors, order=1)
 
 
+def _display_rgb(image: np.ndarray) -> np.ndarray:
+    """An input as (H, W, 3) in [0, 1], as :func:`_show_image` draws it."""
+    image = np.asarray(image, np.float64)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    lo, hi = float(image.min()), float(image.max())
+    if image.ndim == 3:
+        return (image - lo) / (hi - lo) if hi > lo else image * 0
+    grey = (image - lo) / (hi - lo) if hi > lo else image * 0
+    return np.repeat(grey[..., None], 3, axis=-1)
+
+
 def heatmap_overlays(
     inputs: np.ndarray, acts: np.ndarray, title: str, cmap: str = "inferno", alpha: float = 0.5
 ) -> Figure:
     """A conv layer's mean activation upsampled and blended over each input.
+
+    The blends are computed here (``alpha`` x colour + (1 - ``alpha``) x input) and drawn
+    as one image, one panel per input.
 
     Args:
         inputs: (N, H, W, C).
@@ -546,21 +593,30 @@ def heatmap_overlays(
         cmap: Colormap of the heatmap.
         alpha: Opacity of the heatmap.
     """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     n = len(inputs)
-    fig, axes = plt.subplots(
-        1, n, figsize=(1.7 * n + 1.0, 2.3), squeeze=False, layout="constrained"
-    )
-    image = None
+    colormap = plt.get_cmap(cmap)
+    panels = []
     for i in range(n):
-        ax = axes[0, i]
-        _show_image(ax, inputs[i])
         heat = _resize(acts[i].mean(axis=-1), inputs.shape[1:3])
-        heat = heat / (heat.max() or 1.0)
-        image = ax.imshow(heat, cmap=cmap, alpha=alpha, vmin=0, vmax=1)
-        ax.set_title(f"input {i}", fontsize=8)
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8, label="mean activation / max")
-    fig.suptitle(_short(title))
+        heat = np.clip(heat / (heat.max() or 1.0), 0, 1)
+        panels.append(alpha * colormap(heat)[..., :3] + (1 - alpha) * _display_rgb(inputs[i]))
+    h, w = inputs.shape[1:3]
+    gap = max(1, round(max(h, w) / 12))
+    mosaic = np.ones((h, n * (w + gap) - gap, 3))
+    for i, panel in enumerate(panels):
+        mosaic[:, i * (w + gap) : i * (w + gap) + w] = panel
+    fig, ax, cax = _panel_figure(
+        1.7 * n + 1.3, mosaic.shape[0] / mosaic.shape[1], _short(title), left=0.15
+    )
+    ax.imshow(mosaic, interpolation="nearest")
+    ax.set_xticks([i * (w + gap) + (w - 1) / 2 for i in range(n)], [f"input {i}" for i in range(n)])
+    ax.set_yticks([])
+    ax.tick_params(length=0, labelsize=8)
+    ax.set_frame_on(False)
+    fig.colorbar(ScalarMappable(Normalize(0, 1), colormap), cax=cax, label="mean activation / max")
     return fig
 
 
