@@ -415,7 +415,8 @@ def run_stage(
 
     Pass the module's ``__name__``: under ``python -m pipeline.stages.<name>`` (where it
     is ``"__main__"``) the stage runs at once. ``tensorflow=False`` for a stage that never
-    touches a tensor (render): it skips the six-second TensorFlow import.
+    touches a tensor (render), or imports TensorFlow itself only when needed (data): it
+    skips the six-second TensorFlow import.
     """
     stage = Stage(configure, run, tensorflow)
     if module == "__main__":

@@ -38,6 +38,9 @@ SOURCES = (
     "synthetic_text",
 )
 
+#: The sources read with ``keras.datasets`` (the only ones that need TensorFlow).
+KERAS_SOURCES = ("mnist", "fashion_mnist", "cifar10")
+
 #: The token id of padding (Keras's convention: ``pad_sequences`` and ``mask_zero``).
 PAD_ID = 0
 #: What the labels are: class indices, continuous targets, or per-pixel class masks.
@@ -937,7 +940,7 @@ def load_source(name: str, options: dict) -> RawData:
         return load_mnist_sample()
     if name == "digits":
         return load_digits()
-    if name in ("mnist", "fashion_mnist", "cifar10"):
+    if name in KERAS_SOURCES:
         return load_keras_dataset(name, allow_download=options.get("allow_download", True))
     if name == "npz":
         return load_npz(

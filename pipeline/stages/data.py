@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 from pipeline import data as data_lib
 from pipeline.artifacts.dataset import DatasetInfo, write_dataset
-from pipeline.config import Job, make_job, run_stage, to_yaml
+from pipeline.config import Job, make_job, quiet_tensorflow_import, run_stage, to_yaml
 from pipeline.data import DataOptions
 
 
@@ -21,6 +21,8 @@ def configure(params: dict) -> Job[DataOptions]:
 def run(job: Job[DataOptions]) -> None:
     """Load, split and write the data set."""
     cfg = job.cfg
+    if cfg.name in data_lib.KERAS_SOURCES:
+        quiet_tensorflow_import()  # keras.datasets; every other source is NumPy alone
     # Loading checks the user's data; nothing is written (or locked) until it succeeds.
     raw = data_lib.load_source(cfg.name, asdict(cfg))
     splits = data_lib.make_splits(
@@ -63,5 +65,6 @@ def run(job: Job[DataOptions]) -> None:
     print(f"data: {cfg.name} {info.input_shape}, {kind}: {sizes}")
 
 
-main = run_stage(configure, run, __name__)  # runs under `python -m pipeline.stages.*`
+# The data stage imports TensorFlow only for the keras.datasets sources (see run).
+main = run_stage(configure, run, __name__, tensorflow=False)
 _main = main.apply
