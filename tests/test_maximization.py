@@ -114,6 +114,21 @@ def test_batched_equals_one_at_a_time_and_seed_is_reproducible():
     assert not np.allclose(other.images, batched.images)
 
 
+def test_progress_splits_the_steps_without_changing_them():
+    # With a progress callback the 24 steps run in calls of 5 (4 at the end); without
+    # one they run in a single call. Same steps, same step seeds: the same images.
+    model = _conv_model()
+    settings = Settings(steps=24, jitter=2, rotate=5.0, seed=3, steps_per_call=5)
+    reported = []
+    split = maximize(
+        model, Objective("conv", "channel"), [0, 2], (0, 1), settings, progress=reported.append
+    )
+    whole = maximize(model, Objective("conv", "channel"), [0, 2], (0, 1), settings)
+    assert reported == [10, 10, 10, 10, 8]  # image-steps per call, two images
+    np.testing.assert_allclose(split.images, whole.images, atol=1e-6)
+    np.testing.assert_allclose(split.objective, whole.objective, rtol=1e-5, atol=1e-6)
+
+
 def test_class_logits_and_diversity_copies():
     model = _conv_model(2)
     settings = Settings(steps=16, copies=3, diversity=1.0, steps_per_call=8)

@@ -161,7 +161,8 @@ class Settings:
         seed: Seed of the initial images and the transforms (in the pipeline: the
             top-level ``seed``).
         batch_size: Images per compiled step; None picks it from a memory budget.
-        steps_per_call: Steps run inside one compiled call (progress granularity).
+        steps_per_call: Steps run inside one compiled call when progress is reported
+            (its granularity); without a progress callback every step runs in one call.
         explode_at: Stop when an objective's magnitude exceeds this.
         preactivation: Optimise the unit before its activation function (a ReLU unit
             that starts switched off still gets a gradient); the reported final values
