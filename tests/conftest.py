@@ -74,6 +74,14 @@ def _workspace_is_tmp_path(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
 
 
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures a test drew in this process are closed after it (pyplot keeps them)."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
+
+
 def run(cmd, cwd, check=True, env=None, timeout=600):
     """Run a command, returning the CompletedProcess; show output on failure.
 
@@ -206,9 +214,14 @@ def write_tiny_project(root, n=40, model=None):
 
 @pytest.fixture(scope="session")
 def _baseline_template(tmp_path_factory):
-    """One shrunken repository on which `dvc repro` ran and whose results are committed."""
+    """One shrunken repository on which `dvc repro` ran and whose results are committed.
+
+    The repro runs with no network at all (:func:`offline`); its output is kept beside
+    the repository, in ``first-repro.stdout``.
+    """
     repo = copy_repo(tmp_path_factory.mktemp("baseline") / "repo", SHRINK)
-    run(["dvc", "repro"], repo)
+    first = run(offline(["dvc", "repro"]), repo)
+    (repo.parent / "first-repro.stdout").write_text(first.stdout)
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline"], repo)
     return repo

@@ -19,14 +19,6 @@ from pipeline.render.report import Section, anchor, build_html, esc
 RNG = np.random.default_rng(0)
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    import matplotlib.pyplot as plt
-
-    plt.close("all")
-
-
 CLASSES = ["zero", "one", "two", "three"]
 
 
