@@ -559,8 +559,8 @@ class LayerForward:
             (N, heads, T, T) are captured as ``taps["<path>" + SCORES]``: each is called
             with ``return_attention_scores=True`` and passes only its output on, so the
             model computes exactly what it computes without them.
-        stop_early: Stop once every path in ``paths`` is captured and return None as
-            the outputs. Tracing a 400-layer net to the end for a tap near its input
+        stop_early: Stop once every tap (``paths`` and ``attention``) is captured and
+            return None as the outputs. Tracing a 400-layer net to the end for a tap near its input
             cost seconds per traced function; layers past the last tap are not called.
     """
 
@@ -575,9 +575,11 @@ class LayerForward:
         stop_early: bool = False,
     ) -> None:
         self.model = model
-        self.stop_early = stop_early and bool(paths)
         self.paths = list(paths)
         self.attention = set(attention)
+        # Every tap key the caller waits for: layer outputs and attention scores.
+        self._tap_keys = set(self.paths) | {path + SCORES for path in self.attention}
+        self.stop_early = stop_early and bool(self._tap_keys)
         valid = {i.path for i in list_layers(model)}
         for path in (*self.paths, *attention):
             if path not in valid:
@@ -711,7 +713,7 @@ class LayerForward:
                 outputs = self._call_op(op, args, kwargs)
             if path in self._wanted:
                 taps[path] = _only_tensor(outputs)
-            if self.stop_early and self._wanted.issubset(taps):
+            if self.stop_early and self._tap_keys.issubset(taps):
                 return None  # every tap is in: the rest of the graph is not needed
             del args, kwargs
             for x in node.input_tensors:

@@ -143,3 +143,31 @@ def test_missing_keras_dataset_offline_names_sources(monkeypatch, tmp_path):
         data_lib.load_keras_dataset("cifar10", allow_download=False)
     message = str(info.value)
     assert str(tmp_path) in message and "allow_download" in message and "\n" not in message
+
+
+def test_data_stage_on_the_bundled_digits_never_imports_tensorflow(tmp_path):
+    """The data stage runs as `python -m` does, and leaves TensorFlow and Keras unloaded
+    (their import is six seconds of every stage that needs them)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import h5py
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["data"]["limit"] = 300
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    script = (
+        "import runpy, sys; sys.argv = ['data']; "
+        "runpy.run_module('pipeline.stages.data', run_name='__main__'); "
+        "print('imported:', 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "imported: False False" in proc.stdout
+    with h5py.File(tmp_path / params["paths"]["dataset"]) as f:
+        assert sum(len(f[split]["y"]) for split in ("train", "val", "test")) == 300

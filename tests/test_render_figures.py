@@ -123,23 +123,63 @@ def test_tile_counts():
 def test_heatmap_overlays_blend_each_input_with_its_heat():
     import matplotlib.pyplot as plt
 
-    # Input i is a horizontal ramp; its activations are constant, so the upsampled mean
-    # activation divided by its maximum is 1 everywhere: every pixel is half the top
-    # colour of the map and half the input's grey value.
-    ramp = np.tile(np.linspace(0, 1, 8), (8, 1))[None, ..., None]
-    inputs = np.concatenate([ramp, 2 * ramp + 1, ramp[:, ::-1]])
-    acts = np.stack([np.full((3, 3, 4), v) for v in (1.0, 2.0, 5.0)])
-    figure = fig_lib.heatmap_overlays(inputs, acts, "conv", cmap="viridis", alpha=0.5)
+    viridis = plt.get_cmap("viridis")
+    # 2x2 activation maps whose channel mean is a ramp: bilinear upsampling to 8x8 gives
+    # the ramp k/7 in closed form (the corners map onto the corners). Input 0 ramps left
+    # to right, input 1 top to bottom, input 2 right to left (scaled by 3, which the
+    # division by the maximum removes).
+    ramp = np.linspace(0, 1, 8)
+    expected = [np.tile(ramp, (8, 1)), np.tile(ramp, (8, 1)).T, np.tile(ramp[::-1], (8, 1))]
+    means = [np.array([[0, 1], [0, 1]]), np.array([[0, 0], [1, 1]]), 3 * np.array([[1, 0], [1, 0]])]
+    acts = np.stack([np.stack([2 * m, 0 * m], axis=-1) for m in means]).astype(float)
+    inputs = RNG.random((3, 8, 8, 1))
+    figure = fig_lib.heatmap_overlays(inputs, acts, "conv", cmap="viridis", alpha=0.3)
     (mosaic,) = [np.asarray(im.get_array()) for ax in _image_axes(figure) for im in ax.images]
-    top = np.asarray(plt.get_cmap("viridis")(1.0)[:3])
     gap = 1
     assert mosaic.shape == (8, 3 * 8 + 2 * gap, 3)
     for i in range(3):
         panel = mosaic[:, i * (8 + gap) : i * (8 + gap) + 8]
         grey = (inputs[i, ..., 0] - inputs[i].min()) / np.ptp(inputs[i])
-        np.testing.assert_allclose(panel, 0.5 * top + 0.5 * grey[..., None], atol=1e-9)
+        blend = 0.3 * viridis(expected[i])[..., :3] + 0.7 * grey[..., None]
+        np.testing.assert_allclose(panel, blend, atol=1e-9)
     labels = [t.get_text() for t in figure.axes[0].get_xticklabels()]
     assert labels == ["input 0", "input 1", "input 2"]
+    # Five channels are not a colour image: the input is drawn as the grey of their mean.
+    five = np.repeat(inputs[:1], 5, axis=-1) * np.arange(1, 6)
+    figure = fig_lib.heatmap_overlays(five, acts[:1], "conv", cmap="viridis", alpha=0.3)
+    (panel,) = [np.asarray(im.get_array()) for ax in _image_axes(figure) for im in ax.images]
+    grey = (inputs[0, ..., 0] - inputs[0].min()) / np.ptp(inputs[0])
+    blend = 0.3 * viridis(expected[0])[..., :3] + 0.7 * grey[..., None]
+    np.testing.assert_allclose(panel, blend, atol=1e-9)
+    # A NaN activation: no heat there, the input alone, and the title says so.
+    figure = fig_lib.heatmap_overlays(inputs[:1], np.full((1, 2, 2, 2), np.nan), "conv")
+    (panel,) = [np.asarray(im.get_array()) for ax in _image_axes(figure) for im in ax.images]
+    grey = (inputs[0, ..., 0] - inputs[0].min()) / np.ptp(inputs[0])
+    np.testing.assert_allclose(panel, np.repeat(grey[..., None], 3, axis=-1), atol=1e-9)
+    assert "not finite" in figure._suptitle.get_text()
+
+
+def test_feature_map_channels_are_numbered_in_the_margins():
+    # 64 channels of 6x6: rows labelled by their first channel, columns by the offset,
+    # each label at its tile's centre (tile pitch 6 + a 1-pixel gap).
+    figure = fig_lib.feature_maps(RNG.random((6, 6, 64)), "conv")
+    ax = _image_axes(figure)[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [str(8 * r) for r in range(8)]
+    assert [t.get_text() for t in ax.get_xticklabels()] == [f"+{c}" for c in range(8)]
+    np.testing.assert_allclose(ax.get_xticks(), [7 * c + 2.5 for c in range(8)])
+    np.testing.assert_allclose(ax.get_yticks(), [7 * r + 2.5 for r in range(8)])
+    # 10 channels: 4 columns (ceil(sqrt(10))), rows start at channels 0, 4 and 8.
+    figure = fig_lib.feature_maps(RNG.random((6, 6, 10)), "conv")
+    ax = _image_axes(figure)[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["0", "4", "8"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["+0", "+1", "+2", "+3"]
+    # Maps one pixel high: 8 rows would overlap, so only some are labelled; the figure
+    # stays small and a tall map makes a narrower, not a taller, figure.
+    flat = fig_lib.feature_maps(RNG.random((1, 40, 64)), "conv")
+    labels = [t.get_text() for t in _image_axes(flat)[0].get_yticklabels()]
+    assert labels[0] == "0" and 1 < len(labels) < 8
+    tall = fig_lib.feature_maps(RNG.random((400, 2, 4)), "conv")
+    assert tall.get_figheight() < 9 and tall.get_figwidth() < 3
 
 
 def test_confusion_matrix_counts_match_scikit_learn():

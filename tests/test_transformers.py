@@ -66,3 +66,9 @@ def test_attention_of_a_tiny_vit():
     assert heat.shape == (2, 4, 4)
     with pytest.raises(KerascopeError, match="returns no attention scores"):
         attention_scores(model, x, ["patches"])
+    # Stopping early waits for the attention scores as well as the layer taps.
+    from pipeline.graph import SCORES, LayerForward
+
+    outputs, taps = LayerForward(model, ["patches"], attention=["mha"], stop_early=True)(x)
+    assert outputs is None and set(taps) == {"patches", "mha" + SCORES}
+    np.testing.assert_allclose(taps["mha" + SCORES], scores, atol=1e-6)

@@ -36,10 +36,10 @@ def _grid(n: int, max_cols: int = 8) -> tuple[int, int]:
 
 
 def _show_image(ax, image: np.ndarray, cmap: str = "gray") -> None:
-    """Draw an input: grayscale for one channel, RGB clipped to [0, 1] for three."""
+    """Draw an input: RGB stretched to [0, 1] for three channels, else grey (their mean)."""
     image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
+    if image.ndim == 3 and image.shape[-1] != 3:
+        image = image.mean(axis=-1)  # one channel, or channels that are not a colour image
     if image.ndim == 3:
         lo, hi = float(image.min()), float(image.max())
         ax.imshow((image - lo) / (hi - lo) if hi > lo else image * 0)
@@ -270,7 +270,12 @@ def tile_mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
 
 
 def _panel_figure(
-    width: float, aspect: float, title: str, left: float = 0.45, colorbar: bool = True
+    width: float,
+    aspect: float,
+    title: str,
+    left: float = 0.45,
+    colorbar: bool = True,
+    max_height: float = 7.0,
 ):
     """A figure holding one image axes (and a colorbar axes) placed by hand.
 
@@ -278,6 +283,14 @@ def _panel_figure(
     per-layer figures of a big model that was most of the render stage. Margins are in
     inches, so labels keep their size whatever the mosaic's shape; ``_draw`` still trims
     the saved image to its contents.
+
+    Args:
+        width: Figure width in inches (narrower when the image would pass ``max_height``).
+        aspect: Height over width of the image.
+        title: Figure title.
+        left: Left margin in inches (row labels).
+        colorbar: Add a colorbar axes at the right.
+        max_height: Largest image height in inches: a tall image gets narrower instead.
 
     Returns:
         ``(figure, image_axes, colorbar_axes_or_None)``.
@@ -287,12 +300,15 @@ def _panel_figure(
     top, bottom = 0.3 + 0.2 * lines, 0.3
     axes_width = max(1.0, width - left - right)
     axes_height = axes_width * aspect
+    if axes_height > max_height:
+        axes_height, axes_width = max_height, max_height / aspect
+        width = left + axes_width + right
     height = axes_height + top + bottom
     fig = plt.figure(figsize=(width, height))
     ax = fig.add_axes((left / width, bottom / height, axes_width / width, axes_height / height))
     cax = None
     if colorbar:
-        bar_height = min(axes_height, max(1.0, 0.6 * axes_height))
+        bar_height = max(1.0, 0.6 * axes_height)  # readable even beside a flat image
         cax = fig.add_axes(
             (
                 (left + axes_width + 0.15) / width,
@@ -353,8 +369,12 @@ def feature_maps(
     ax.set_xticks(
         [c * (w + gap) + (w - 1) / 2 for c in range(cols)], [f"+{c}" for c in range(cols)]
     )
+    # Label every row while labels fit (8 pt is about 0.14 in), else every k-th row.
+    pitch = ax.get_position().height * fig.get_figheight() / rows
+    every = max(1, math.ceil(0.16 / pitch))
     ax.set_yticks(
-        [r * (h + gap) + (h - 1) / 2 for r in range(rows)], [str(r * cols) for r in range(rows)]
+        [r * (h + gap) + (h - 1) / 2 for r in range(0, rows, every)],
+        [str(r * cols) for r in range(0, rows, every)],
     )
     ax.tick_params(length=0, labelsize=8, labeltop=True, labelbottom=False, pad=2)
     ax.set_frame_on(False)
@@ -567,10 +587,14 @@ def _resize(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _display_rgb(image: np.ndarray) -> np.ndarray:
-    """An input as (H, W, 3) in [0, 1], as :func:`_show_image` draws it."""
+    """An input as (H, W, 3) in [0, 1], for blending.
+
+    Three channels are RGB, stretched as :func:`_show_image` draws them; one channel, or
+    a count that is not a colour image (2, 4 or more), is grey: their mean.
+    """
     image = np.asarray(image, np.float64)
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
+    if image.ndim == 3 and image.shape[-1] != 3:
+        image = image.mean(axis=-1)
     lo, hi = float(image.min()), float(image.max())
     if image.ndim == 3:
         return (image - lo) / (hi - lo) if hi > lo else image * 0
@@ -599,10 +623,18 @@ def heatmap_overlays(
     n = len(inputs)
     colormap = plt.get_cmap(cmap)
     panels = []
+    nonfinite = False
     for i in range(n):
         heat = _resize(acts[i].mean(axis=-1), inputs.shape[1:3])
-        heat = np.clip(heat / (heat.max() or 1.0), 0, 1)
-        panels.append(alpha * colormap(heat)[..., :3] + (1 - alpha) * _display_rgb(inputs[i]))
+        finite = np.isfinite(heat)
+        top = float(heat[finite].max()) if finite.any() else 0.0
+        heat = np.clip(np.where(finite, heat, 0.0) / (top or 1.0), 0, 1)
+        blend = alpha * colormap(heat)[..., :3] + (1 - alpha) * _display_rgb(inputs[i])
+        # Where the activation is NaN or infinite the input shows alone.
+        panels.append(np.where(finite[..., None], blend, _display_rgb(inputs[i])))
+        nonfinite |= not finite.all()
+    if nonfinite:
+        title = f"{title} (no heat where the activation is not finite)"
     h, w = inputs.shape[1:3]
     gap = max(1, round(max(h, w) / 12))
     mosaic = np.ones((h, n * (w + gap) - gap, 3))

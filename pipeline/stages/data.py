@@ -1,6 +1,7 @@
 """Data stage: load a source, split it deterministically, pick the probe set.
 
-Writes ``paths.dataset`` (see :mod:`pipeline.artifacts.dataset`). Needs no TensorFlow.
+Writes ``paths.dataset`` (see :mod:`pipeline.artifacts.dataset`). Imports TensorFlow
+only for the ``keras.datasets`` sources.
 """
 
 from __future__ import annotations

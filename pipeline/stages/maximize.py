@@ -70,7 +70,9 @@ def run(job: Job[MaximizeOptions]) -> None:
                 plan.units,
                 info.value_range,
                 settings,
-                progress=bar.update,
+                # No bar (stderr not a terminal, as under a logged `dvc repro`): every
+                # step in one compiled call.
+                progress=None if bar.disable else bar.update,
                 space=work.space,
             )
             best = plan.probe_values.max(axis=0)[result.units]
