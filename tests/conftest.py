@@ -117,6 +117,21 @@ def python_cmd(*args):
     return [sys.executable, *args]
 
 
+def assert_stage_skips_tensorflow(stage: str, workspace: Path) -> None:
+    """Run ``pipeline.stages.<stage>`` as ``python -m`` does, in ``workspace``, and check
+    it succeeded with neither TensorFlow nor Keras imported."""
+    script = (
+        f"import runpy, sys; sys.argv = [{stage!r}]; "
+        f"runpy.run_module('pipeline.stages.{stage}', run_name='__main__'); "
+        "print('imported:', 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], cwd=workspace, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "imported: False False" in proc.stdout
+
+
 def copy_repo(dest: Path, shrink: dict | None = None) -> Path:
     """Copy the git-tracked files of this repository into a fresh git+DVC repository.
 

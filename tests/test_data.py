@@ -148,26 +148,13 @@ def test_missing_keras_dataset_offline_names_sources(monkeypatch, tmp_path):
 def test_data_stage_on_the_bundled_digits_never_imports_tensorflow(tmp_path):
     """The data stage runs as `python -m` does, and leaves TensorFlow and Keras unloaded
     (their import is six seconds of every stage that needs them)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     import h5py
     import yaml
+    from conftest import REPO, assert_stage_skips_tensorflow
 
-    root = Path(__file__).resolve().parents[1]
-    params = yaml.safe_load((root / "params.yaml").read_text())
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"]["limit"] = 300
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    script = (
-        "import runpy, sys; sys.argv = ['data']; "
-        "runpy.run_module('pipeline.stages.data', run_name='__main__'); "
-        "print('imported:', 'tensorflow' in sys.modules, 'keras' in sys.modules)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "imported: False False" in proc.stdout
+    assert_stage_skips_tensorflow("data", tmp_path)
     with h5py.File(tmp_path / params["paths"]["dataset"]) as f:
         assert sum(len(f[split]["y"]) for split in ("train", "val", "test")) == 300

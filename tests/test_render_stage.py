@@ -376,22 +376,11 @@ def test_render_params_invalidate_only_the_render_stage():
 
 def test_the_render_command_never_imports_tensorflow(tmp_path):
     """Render only reads files and draws: no six-second TensorFlow import."""
-    import subprocess
-    import sys
-
     import yaml
+    from conftest import assert_stage_skips_tensorflow
 
     params = synthetic_project(tmp_path)
     params["paths"] = {k: str(Path(v).relative_to(tmp_path)) for k, v in params["paths"].items()}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    script = (
-        "import runpy, sys; sys.argv = ['render']; "
-        "runpy.run_module('pipeline.stages.render', run_name='__main__'); "
-        "print('imported:', 'tensorflow' in sys.modules, 'keras' in sys.modules)"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "imported: False False" in proc.stdout
+    assert_stage_skips_tensorflow("render", tmp_path)
     assert (tmp_path / "outputs" / "report" / "index.html").exists()
