@@ -249,24 +249,30 @@ def _class_colours(k: int):
     return ListedColormap(colours), BoundaryNorm(np.arange(-0.5, max(k, 1)), max(k, 1))
 
 
-def tile_mosaic(tiles: np.ndarray, cols: int, gap: int = 1) -> np.ndarray:
-    """Lay (n, h, w) tiles out row by row in one array, NaN between and after tiles.
+def tile_mosaic(tiles: np.ndarray, cols: int, gap: int = 1, fill: float = np.nan) -> np.ndarray:
+    """Lay (n, h, w, ...) tiles out row by row in one array, ``fill`` between and after.
 
     Args:
-        tiles: The tiles.
+        tiles: The tiles; trailing axes (colour) are kept.
         cols: Tiles per row.
         gap: Pixels between tiles.
+        fill: Value of the gaps and of the unused tiles (NaN draws as blank).
 
     Returns:
-        An (rows * (h + gap) - gap, cols * (w + gap) - gap) array.
+        An (rows * (h + gap) - gap, cols * (w + gap) - gap, ...) array.
     """
-    n, h, w = tiles.shape
+    n, h, w = tiles.shape[:3]
     rows = math.ceil(n / cols)
-    mosaic = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap), np.nan)
+    mosaic = np.full((rows * (h + gap) - gap, cols * (w + gap) - gap, *tiles.shape[3:]), fill)
     for i in range(n):
         r, c = divmod(i, cols)
         mosaic[r * (h + gap) : r * (h + gap) + h, c * (w + gap) : c * (w + gap) + w] = tiles[i]
     return mosaic
+
+
+def _tile_centres(count: int, size: int, gap: int) -> list[float]:
+    """Pixel coordinates of the centres of ``count`` tiles of ``size`` along a mosaic."""
+    return [i * (size + gap) + (size - 1) / 2 for i in range(count)]
 
 
 def _panel_figure(
@@ -366,15 +372,12 @@ def feature_maps(
     )
     colormap = plt.get_cmap(cmap).with_extremes(bad="white")
     image = ax.imshow(mosaic, cmap=colormap, vmin=lo, vmax=hi, interpolation="nearest")
-    ax.set_xticks(
-        [c * (w + gap) + (w - 1) / 2 for c in range(cols)], [f"+{c}" for c in range(cols)]
-    )
+    ax.set_xticks(_tile_centres(cols, w, gap), [f"+{c}" for c in range(cols)])
     # Label every row while labels fit (8 pt is about 0.14 in), else every k-th row.
     pitch = ax.get_position().height * fig.get_figheight() / rows
     every = max(1, math.ceil(0.16 / pitch))
     ax.set_yticks(
-        [r * (h + gap) + (h - 1) / 2 for r in range(0, rows, every)],
-        [str(r * cols) for r in range(0, rows, every)],
+        _tile_centres(rows, h, gap)[::every], [str(r * cols) for r in range(0, rows, every)]
     )
     ax.tick_params(length=0, labelsize=8, labeltop=True, labelbottom=False, pad=2)
     ax.set_frame_on(False)
@@ -629,22 +632,21 @@ def heatmap_overlays(
         finite = np.isfinite(heat)
         top = float(heat[finite].max()) if finite.any() else 0.0
         heat = np.clip(np.where(finite, heat, 0.0) / (top or 1.0), 0, 1)
-        blend = alpha * colormap(heat)[..., :3] + (1 - alpha) * _display_rgb(inputs[i])
+        shown = _display_rgb(inputs[i])
+        blend = alpha * colormap(heat)[..., :3] + (1 - alpha) * shown
         # Where the activation is NaN or infinite the input shows alone.
-        panels.append(np.where(finite[..., None], blend, _display_rgb(inputs[i])))
+        panels.append(np.where(finite[..., None], blend, shown))
         nonfinite |= not finite.all()
     if nonfinite:
         title = f"{title} (no heat where the activation is not finite)"
     h, w = inputs.shape[1:3]
     gap = max(1, round(max(h, w) / 12))
-    mosaic = np.ones((h, n * (w + gap) - gap, 3))
-    for i, panel in enumerate(panels):
-        mosaic[:, i * (w + gap) : i * (w + gap) + w] = panel
+    mosaic = tile_mosaic(np.stack(panels), cols=n, gap=gap, fill=1.0)  # white gaps
     fig, ax, cax = _panel_figure(
         1.7 * n + 1.3, mosaic.shape[0] / mosaic.shape[1], _short(title), left=0.15
     )
     ax.imshow(mosaic, interpolation="nearest")
-    ax.set_xticks([i * (w + gap) + (w - 1) / 2 for i in range(n)], [f"input {i}" for i in range(n)])
+    ax.set_xticks(_tile_centres(n, w, gap), [f"input {i}" for i in range(n)])
     ax.set_yticks([])
     ax.tick_params(length=0, labelsize=8)
     ax.set_frame_on(False)
